@@ -1,0 +1,213 @@
+"""`stagebench ...`: thin; parses, validates, calls the rooms, prints. Exit 2 bad input, 1 failed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stagebench import __version__, env, stages
+from stagebench.models import PRESETS, ModelError, default_preset, load_config
+from stagebench.results import Result
+from stagebench.workload import Workload, defaults_for
+
+# Named matrices; `cpu` is what a machine without a GPU can really run.
+MATRICES: dict[str, list[str]] = {
+    "seed": list(stages.SEED_STAGES),
+    "cpu": ["00_baseline", "00_sdpa", "sdpa+compile-default", "sdpa+compile"],
+}
+
+
+class BadInput(Exception):
+    """Raised for input errors; main() prints it on one line and exits 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise BadInput(message)
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload (defaults: the seed's, per device)")
+    g.add_argument("--model", help=f"preset ({', '.join(PRESETS)}), checkpoint dir or hub id")
+    g.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--seq-len", type=int)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--min-steps", type=int)
+    g.add_argument("--max-steps", type=int)
+    g.add_argument("--target-ci-pct", type=float, help="stop once the median's CI is this tight")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per stage")
+    g.add_argument("--peak-tflops", type=float, help="device peak for MFU, overrides the table")
+    g.add_argument("--compile-cache", help="inductor cache directory (reused across runs)")
+    o = p.add_argument_group("output")
+    o.add_argument("--jsonl", type=Path, help="append every Result to this JSON Lines file")
+    o.add_argument("--log-dir", type=Path, help="keep each stage's child log here")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="stagebench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"stagebench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("run", help="run stages by seed id or spec (sdpa+liger+cce+compile)")
+    run.add_argument("stages", nargs="+", metavar="STAGE")
+    _workload_args(run)
+    matrix = sub.add_parser("matrix", help="run a named matrix or a comma-separated subset")
+    matrix.add_argument(
+        "--subset", help=f"{' | '.join(MATRICES)} | STAGE,STAGE,... (default: seed on CUDA, "
+        "cpu otherwise)",
+    )
+    _workload_args(matrix)
+    lst = sub.add_parser("list", help="every stage and whether it can run here")
+    lst.add_argument("--device", choices=["cuda", "cpu"])
+    envp = sub.add_parser("env", help="versions, CUDA, driver, GPU, clocks, host")
+    envp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def workload_from(args: argparse.Namespace) -> Workload:
+    device = _device(args.device)
+    model = args.model or default_preset(device)
+    try:
+        load_config(model)
+    except ModelError as exc:
+        raise BadInput(str(exc)) from None
+    fields = defaults_for(device)
+    for name in ("dtype", "batch_size", "seq_len", "warmup_steps", "min_steps", "max_steps",
+                 "target_ci_pct", "seed", "timeout_s", "peak_tflops", "compile_cache"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    fields["min_steps"] = min(fields.get("min_steps", 10), fields.get("max_steps", 60))
+    try:
+        return Workload(model=model, device=device, **fields)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def resolve_stages(names: list[str]) -> list[stages.Stage]:
+    try:
+        return [stages.resolve(name) for name in names]
+    except stages.StageError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _subset(value: str | None, device: str) -> list[str]:
+    if value is None:
+        return MATRICES["seed" if device == "cuda" else "cpu"]
+    if value in MATRICES:
+        return MATRICES[value]
+    return [name for name in value.split(",") if name.strip()]
+
+
+def _check_writable(path: Path | None) -> None:
+    """Fail before any stage runs, not after the first one finished."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise BadInput(f"--jsonl {path} is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"--jsonl {path} is not writable ({exc.strerror})") from None
+
+
+def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Console) -> int:
+    from stagebench.matrix import run_matrix
+    from stagebench.report import print_results
+
+    workload = workload_from(args)
+    _check_writable(args.jsonl)
+    console.print(
+        f"stagebench {__version__}: {len(stage_list)} stage(s) on {workload.model} "
+        f"({workload.device}, {workload.dtype}, batch {workload.batch_size} x seq "
+        f"{workload.seq_len})",
+        highlight=False,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=len(stage_list))
+
+        def started(stage: stages.Stage) -> None:
+            progress.update(task, description=f"running {stage.name}")
+
+        def finished(result: Result) -> None:
+            progress.advance(task)
+            progress.console.print(f"  {result.stage}: {result.status}", highlight=False)
+
+        done = run_matrix(stage_list, workload, store=args.jsonl, log_dir=args.log_dir,
+                          on_start=started, on_result=finished)
+    print_results(done, console)
+    if args.jsonl:
+        console.print(f"results appended to {args.jsonl}", highlight=False)
+    return 1 if any(r.failed for r in done) else 0
+
+
+def _list(args: argparse.Namespace, console: Console) -> int:
+    import torch
+    from rich.table import Table
+
+    from stagebench.optim import unavailable_reason
+
+    device = torch.device(_device(args.device))
+    table = Table(title=f"stages on {device.type}", title_justify="left")
+    for column in ("Stage", "Spec", "Runs here", "Why not"):
+        table.add_column(column)
+    for stage in stages.seed_stages():
+        reason = unavailable_reason(stage, device)
+        table.add_row(stage.name, stage.spec, "no" if reason else "yes", reason or "")
+    console.print(table)
+    console.print("Compose any stage from parts joined by '+':", highlight=False)
+    for part in stages.PART_ORDER:
+        console.print(f"  {part:16} {stages.describe(part)}", highlight=False, markup=False)
+    return 0
+
+
+def _env(args: argparse.Namespace, console: Console) -> int:
+    from stagebench.report import env_table
+
+    info = env.collect()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        console.print(env_table(info))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A pipe or CI log is not 80 columns wide; don't squeeze the table into it.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return _run(resolve_stages(args.stages), args, console)
+        if args.command == "matrix":
+            names = _subset(args.subset, _device(args.device))
+            return _run(resolve_stages(names), args, console)
+        if args.command == "list":
+            return _list(args, console)
+        return _env(args, console)
+    except BadInput as exc:
+        print(f"stagebench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

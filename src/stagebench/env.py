@@ -1,0 +1,80 @@
+"""What a number was measured on: package versions, CUDA, driver, GPU and its clocks, host."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+# Distribution names as pip knows them.
+PACKAGES = (
+    "stagebench", "torch", "transformers", "triton", "liger-kernel", "cut-cross-entropy",
+    "kernels", "flash-attn", "asv", "nvidia-ml-py",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def gpu_info() -> dict[str, Any]:
+    """GPU facts from NVML; {'gpu': None, 'gpu_reason': ...} where there is none."""
+    try:
+        import pynvml
+    except ImportError:
+        return {"gpu": None, "gpu_reason": "nvidia-ml-py not installed"}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return {"gpu": None, "gpu_reason": f"NVML unavailable ({exc})"}
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        clocks = pynvml.NVML_CLOCK_SM
+        info = {
+            "gpu": pynvml.nvmlDeviceGetName(handle),
+            "gpu_count": pynvml.nvmlDeviceGetCount(),
+            "driver": pynvml.nvmlSystemGetDriverVersion(),
+            "gpu_memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 1024**3, 1),
+            "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, clocks),
+            "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, clocks),
+            "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+        }
+    finally:
+        pynvml.nvmlShutdown()
+    return info
+
+
+def torch_info() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cuda_available": cuda,
+        "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0)))
+        if cuda
+        else None,
+    }
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
+
+
+def collect() -> dict[str, Any]:
+    """Everything above in one flat-ish dict, for `stagebench env` and for every Result."""
+    return {"packages": package_versions(), **torch_info(), **gpu_info(), **host_info()}

@@ -1,0 +1,60 @@
+"""torch.compile: per decoder layer (the seed's way) or the whole model.
+
+Per-layer compile keeps each graph small and identical across layers, so one compilation serves
+all of them; the seed chose it over whole-model compile for compatibility.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from stagebench.optim import Optimization, StageContext, Unavailable
+
+MODES = {
+    "compile": ("per-layer", "max-autotune"),
+    "compile-default": ("per-layer", "default"),
+    "compile-model": ("model", "default"),
+}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "stagebench" / "inductor"
+
+
+def use_cache_dir(path: str | None) -> str:
+    """Point inductor at a persistent cache so a re-run reuses compiled kernels and autotuning."""
+    cache = str(path or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    return cache
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise Unavailable(f"{type(model).__name__} has no decoder layer list to compile per layer")
+    return layers
+
+
+def _compile(part: str):
+    scope, mode = MODES[part]
+
+    def apply(model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
+        use_cache_dir(ctx.compile_cache)
+        if scope == "per-layer":
+            for layer in decoder_layers(model):
+                layer.compile(fullgraph=True, mode=mode)  # in place: names and state stay
+        else:
+            model.compile(mode=mode)
+        ctx.notes["compile"] = f"{scope}, mode={mode}, fullgraph={scope == 'per-layer'}"
+        return model
+
+    return apply
+
+
+OPTIMIZATIONS = {p: Optimization(p, lambda device: None, _compile(p)) for p in MODES}

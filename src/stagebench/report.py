@@ -1,0 +1,80 @@
+"""Tables for people: the seed's columns first, then what the seed did not report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from stagebench.results import Result
+
+STATUS_STYLE = {"ok": "green", "unavailable": "dim", "oom": "yellow"}
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def seed_row(result: Result) -> list[str]:
+    """Config, Status, MFU %, TFLOPS, Mem(GB), Runtime(s): the seed's table, the seed's formula."""
+    m = result.metrics
+    return [
+        result.stage,
+        result.status,
+        _num(m.seed_mfu_pct if m else None),
+        _num(m.seed_tflops if m else None),
+        _num(m.peak_reserved_gib if m else None),
+        _num(result.wall_time_s),
+    ]
+
+
+def results_table(results: Iterable[Result], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("Config", "Status", "MFU %", "TFLOPS", "Mem(GB)", "Runtime(s)"):
+        table.add_column(column, justify="left" if column in ("Config", "Status") else "right")
+    # Beyond the seed: MFU from counted model FLOPs, the timing's spread, compile cost.
+    for column in ("Model MFU %", "Step ms", "IQR ms", "Steps", "CI95 %", "1st step s"):
+        table.add_column(column, justify="right")
+    for r in results:
+        m = r.metrics
+        row = seed_row(r)
+        row[1] = f"[{STATUS_STYLE.get(r.status, 'red')}]{r.status}[/]"
+        row += [
+            _num(m.mfu_pct if m else None),
+            _num(m.step_time_ms_median if m else None),
+            _num(m.step_time_ms_iqr if m else None),
+            str(m.measured_steps) if m else "-",
+            _num(m.step_time_ci95_pct if m else None, 2),
+            _num(m.first_step_s if m else None),
+        ]
+        table.add_row(*row)
+    return table
+
+
+def reasons(results: Iterable[Result]) -> list[str]:
+    """One line per stage that did not end ok: what happened and why."""
+    return [f"{r.stage}: {r.status}: {r.reason}" for r in results if r.status != "ok"]
+
+
+def print_results(results: list[Result], console: Console, title: str | None = None) -> None:
+    console.print(results_table(results, title))
+    for line in reasons(results):
+        console.print(f"  {line}", markup=False, highlight=False)
+    legend = (
+        "MFU %/TFLOPS: the seed's formula (6N + attention, vs 989 TFLOPS), from the median step. "
+        "Model MFU %: counted matmul FLOPs (causal attention) vs the device's dense bf16 peak."
+    )
+    console.print(legend, style="dim")
+
+
+def env_table(info: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None)
+    for key, value in info.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                table.add_row(f"{key}.{sub}", "-" if subvalue is None else str(subvalue))
+        else:
+            table.add_row(key, "-" if value is None else str(value))
+    return table

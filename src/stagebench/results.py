@@ -1,0 +1,137 @@
+"""The one Result schema every consumer reads, and its JSON Lines store.
+
+Each Result is appended as one line, in one write, and flushed to disk as soon as its stage ends,
+so an interrupted matrix keeps every finished row. A torn last line (a writer killed mid-write) is
+skipped with a warning when read, and the next append starts on a fresh line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+STATUSES: dict[str, str] = {
+    "ok": "ran and was measured",
+    "oom": "ran out of device memory",
+    "compile_error": "torch.compile / inductor failed",
+    "unavailable": "a package or hardware it needs is missing here",
+    "timeout": "did not finish within the stage timeout",
+    "crashed": "the child process died (signal or exit code) without a result",
+    "error": "an exception other than the above",
+    "numerics_mismatch": "step-0 loss differs from the reference stage beyond tolerance",
+}
+# Statuses that are a finding about the stage rather than a failure of the run itself.
+NOT_FAILED = ("ok", "unavailable")
+
+
+@dataclass
+class Metrics:
+    """Everything the runner measured; every number carries its unit in its name."""
+
+    measured_steps: int
+    warmup_steps: int
+    step_time_ms_median: float
+    step_time_ms_iqr: float
+    step_time_ms_min: float
+    step_time_ms_max: float
+    step_time_ci95_pct: float | None  # half-width of the median's 95% CI, % of the median
+    tokens_per_step: int
+    tokens_per_s: float
+    flops_per_token: float
+    tflops: float
+    mfu_pct: float | None
+    mfu_reason: str | None  # why mfu_pct is None, or where the peak came from
+    seed_flops_per_token: float
+    seed_tflops: float
+    seed_mfu_pct: float | None  # None off CUDA: 989 TFLOPS is an H100's peak
+    seed_peak_window_mfu_pct: float | None  # the seed's own statistic: best 10-step window
+    first_step_s: float  # step 0 alone: compile / autotune / cuDNN plan cost shows here
+    model_init_s: float
+    loss_first: float
+    loss_last: float
+    grad_norm_first: float
+    peak_allocated_gib: float | None
+    peak_reserved_gib: float | None
+    n_params: int
+    attention_impl: str  # what really ran, as the model reports it
+    notes: dict[str, str] = field(default_factory=dict)  # optimization facts (kernel source ...)
+
+
+@dataclass
+class Result:
+    stage: str
+    spec: str
+    status: str
+    reason: str | None
+    model: str
+    workload: dict[str, Any]
+    metrics: Metrics | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    started_at: str = ""
+    wall_time_s: float | None = None
+    log_tail: str | None = None
+    numerics: str | None = None  # how step-0 loss compared with the reference
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; valid: {', '.join(STATUSES)}")
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in NOT_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"result schema {data.get('schema_version')!r} is not {SCHEMA_VERSION}"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
+        fields = dict(data)
+        if fields.get("metrics") is not None:
+            fields["metrics"] = Metrics(**fields["metrics"])
+        return cls(**fields)
+
+
+def append(path: Path, result: Result) -> None:
+    """Append one Result as one line, durably, without ever touching earlier lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(result.to_dict(), sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a torn last line stays torn; ours starts fresh
+        os.write(fd, line)  # one write of the whole line: O_APPEND keeps it contiguous
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path: Path) -> list[Result]:
+    """Every valid Result in the file; a torn or invalid line is skipped with a warning."""
+    results: list[Result] = []
+    if not path.exists():
+        return results
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            results.append(Result.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            warnings.warn(f"{path}:{number}: skipped unreadable result ({exc})", stacklevel=2)
+    return results

@@ -1,0 +1,68 @@
+"""The workload a stage trains: model, shapes, steps, seed. Defaults are the seed's."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str  # preset name, checkpoint directory or hub id
+    device: str = "cuda"  # "cuda" or "cpu"
+    dtype: str = "bfloat16"
+    batch_size: int = 2
+    seq_len: int = 1024
+    warmup_steps: int = 3  # step 0 (timed on its own as first_step_s) + the rest, not measured
+    min_steps: int = 10  # the seed's 10-step window needs at least 10
+    max_steps: int = 60
+    target_ci_pct: float = 0.5  # stop once the median's 95% CI half-width is this small
+    seed: int = 0
+    timeout_s: float = 1800.0  # the seed's 30 minutes a config
+    peak_tflops: float | None = None  # overrides the device table
+    compile_cache: str | None = None  # inductor cache directory; None: the user cache
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "seq_len": self.seq_len >= 2,
+            "warmup_steps": self.warmup_steps >= 1,
+            "min_steps": self.min_steps >= 1,
+            "max_steps": self.max_steps >= self.min_steps,
+            "target_ci_pct": self.target_ci_pct > 0,
+            "timeout_s": self.timeout_s > 0,
+            "dtype": self.dtype in ("bfloat16", "float16", "float32"),
+            "device": self.device in ("cuda", "cpu"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid workload {bad[0]}={getattr(self, bad[0])!r}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"invalid workload peak_tflops={self.peak_tflops!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Workload:
+        return cls(**data)
+
+    def numerics_key(self) -> str:
+        """Identifies runs whose step-0 losses must agree: same weights, same data."""
+        keep = ("model", "device", "dtype", "batch_size", "seq_len", "seed")
+        blob = json.dumps({k: getattr(self, k) for k in keep}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def defaults_for(device: str) -> dict[str, Any]:
+    """Per-device defaults: the seed's workload on a GPU, a quick fp32 one on a CPU."""
+    if device == "cuda":
+        return {"dtype": "bfloat16", "timeout_s": 1800.0}
+    return {"dtype": "float32", "min_steps": 5, "max_steps": 20, "timeout_s": 600.0}
