@@ -1,4 +1,7 @@
-"""`stagebench ...`: thin; parses, validates, calls the rooms, prints. Exit 2 bad input, 1 failed."""
+"""`stagebench ...`: thin; parses, validates, calls the rooms, prints.
+
+Exit codes: 0 every stage ok or unavailable, 1 a stage failed, 2 bad input.
+"""
 
 from __future__ import annotations
 
@@ -60,8 +63,8 @@ def build_parser() -> Parser:
     _workload_args(run)
     matrix = sub.add_parser("matrix", help="run a named matrix or a comma-separated subset")
     matrix.add_argument(
-        "--subset", help=f"{' | '.join(MATRICES)} | STAGE,STAGE,... (default: seed on CUDA, "
-        "cpu otherwise)",
+        "--subset",
+        help=f"{' | '.join(MATRICES)} | STAGE,STAGE,... (default: seed on CUDA, cpu otherwise)",
     )
     _workload_args(matrix)
     lst = sub.add_parser("list", help="every stage and whether it can run here")
@@ -87,8 +90,19 @@ def workload_from(args: argparse.Namespace) -> Workload:
     except ModelError as exc:
         raise BadInput(str(exc)) from None
     fields = defaults_for(device)
-    for name in ("dtype", "batch_size", "seq_len", "warmup_steps", "min_steps", "max_steps",
-                 "target_ci_pct", "seed", "timeout_s", "peak_tflops", "compile_cache"):
+    for name in (
+        "dtype",
+        "batch_size",
+        "seq_len",
+        "warmup_steps",
+        "min_steps",
+        "max_steps",
+        "target_ci_pct",
+        "seed",
+        "timeout_s",
+        "peak_tflops",
+        "compile_cache",
+    ):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
@@ -140,8 +154,12 @@ def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Cons
         f"{workload.seq_len})",
         highlight=False,
     )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=len(stage_list))
 
@@ -152,8 +170,14 @@ def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Cons
             progress.advance(task)
             progress.console.print(f"  {result.stage}: {result.status}", highlight=False)
 
-        done = run_matrix(stage_list, workload, store=args.jsonl, log_dir=args.log_dir,
-                          on_start=started, on_result=finished)
+        done = run_matrix(
+            stage_list,
+            workload,
+            store=args.jsonl,
+            log_dir=args.log_dir,
+            on_start=started,
+            on_result=finished,
+        )
     print_results(done, console)
     if args.jsonl:
         console.print(f"results appended to {args.jsonl}", highlight=False)

@@ -9,8 +9,16 @@ from typing import Any
 
 # Distribution names as pip knows them.
 PACKAGES = (
-    "stagebench", "torch", "transformers", "triton", "liger-kernel", "cut-cross-entropy",
-    "kernels", "flash-attn", "asv", "nvidia-ml-py",
+    "stagebench",
+    "torch",
+    "transformers",
+    "triton",
+    "liger-kernel",
+    "cut-cross-entropy",
+    "kernels",
+    "flash-attn",
+    "asv",
+    "nvidia-ml-py",
 )
 
 

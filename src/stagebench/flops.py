@@ -77,8 +77,13 @@ def _dims(config) -> tuple[int, int, int, int, int, int, int]:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     return (
-        hidden, heads, kv_heads, head_dim, config.intermediate_size,
-        config.num_hidden_layers, config.vocab_size,
+        hidden,
+        heads,
+        kv_heads,
+        head_dim,
+        config.intermediate_size,
+        config.num_hidden_layers,
+        config.vocab_size,
     )
 
 

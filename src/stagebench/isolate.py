@@ -8,6 +8,7 @@ with it, so no orphan keeps a GPU busy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import json
@@ -80,12 +81,17 @@ def child_main(job_path: str, result_path: str) -> int:
     stage = stages.resolve(job["stage"])
     workload = Workload.from_dict(job["workload"])
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    base = dict(stage=stage.name, spec=stage.spec, model=workload.model,
-                workload=workload.to_dict(), started_at=started)
+    base = dict(
+        stage=stage.name,
+        spec=stage.spec,
+        model=workload.model,
+        workload=workload.to_dict(),
+        started_at=started,
+    )
     try:
         metrics = _load_entry(job.get("entry", DEFAULT_ENTRY))(stage, workload)
         result = Result(status="ok", reason=None, metrics=metrics, **base)
-    except BaseException as exc:  # noqa: BLE001 - everything becomes a status, nothing escapes
+    except BaseException as exc:  # everything becomes a status; nothing escapes
         status, reason = classify(exc)
         result = Result(status=status, reason=reason, **base)
         import traceback
@@ -104,10 +110,8 @@ def _tail(log: Path) -> str:
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -150,7 +154,10 @@ def run_isolated(
         t0 = time.perf_counter()
         with log.open("w") as log_file:
             proc = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
             try:
@@ -163,20 +170,32 @@ def run_isolated(
                 if proc.poll() is None:
                     proc.wait()
         wall = time.perf_counter() - t0
-        base = dict(stage=stage.name, spec=stage.spec, model=workload.model,
-                    workload=workload.to_dict(),
-                    started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        base = dict(
+            stage=stage.name,
+            spec=stage.spec,
+            model=workload.model,
+            workload=workload.to_dict(),
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
         tail = _tail(log)
         if code is None:
-            result = Result(status="timeout", reason=f"no result after {workload.timeout_s:g} s",
-                            log_tail=tail, **base)
+            result = Result(
+                status="timeout",
+                reason=f"no result after {workload.timeout_s:g} s",
+                log_tail=tail,
+                **base,
+            )
         elif result_path.exists():
             result = Result.from_dict(json.loads(result_path.read_text()))
             if result.failed:
                 result.log_tail = tail
         elif any(marker in tail for marker in OOM_MARKERS):
-            result = Result(status="oom", reason=f"{_describe_exit(code)}; the log reports OOM",
-                            log_tail=tail, **base)
+            result = Result(
+                status="oom",
+                reason=f"{_describe_exit(code)}; the log reports OOM",
+                log_tail=tail,
+                **base,
+            )
         else:
             result = Result(status="crashed", reason=_describe_exit(code), log_tail=tail, **base)
         result.wall_time_s = wall

@@ -30,8 +30,11 @@ def order(stage_list: Iterable[Stage]) -> list[Stage]:
 def find_reference(history: Iterable[Result], workload: Workload) -> Result | None:
     key = workload.numerics_key()
     matches = [
-        r for r in history
-        if r.status == "ok" and r.spec == "sdpa" and r.metrics is not None
+        r
+        for r in history
+        if r.status == "ok"
+        and r.spec == "sdpa"
+        and r.metrics is not None
         and Workload.from_dict(r.workload).numerics_key() == key
     ]
     return matches[-1] if matches else None
@@ -47,7 +50,9 @@ def check_numerics(result: Result, reference: Result | None, workload: Workload)
     rtol = LOSS_RTOL[workload.dtype]
     ref, got = reference.metrics.loss_first, result.metrics.loss_first
     rel = abs(got - ref) / abs(ref)
-    result.numerics = f"step-0 loss {got:.5f} vs reference {ref:.5f}: rel diff {rel:.2e} (tol {rtol:g})"
+    result.numerics = (
+        f"step-0 loss {got:.5f} vs reference {ref:.5f}: rel diff {rel:.2e} (tol {rtol:g})"
+    )
     if not rel <= rtol:  # also catches NaN
         result.status = "numerics_mismatch"
         result.reason = result.numerics

@@ -15,21 +15,42 @@ import torch
 # at a size a 2-core CPU trains in milliseconds.
 PRESETS: dict[str, dict[str, Any]] = {
     "qwen3-8b": dict(
-        vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
     ),
     "qwen3-0.6b": dict(
-        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-        num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
     ),
     "tiny": dict(
-        vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        vocab_size=2048,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
     ),
 }
@@ -77,7 +98,10 @@ def build_model(
     config = load_config(model)
     if has_weights(model):
         return AutoModelForCausalLM.from_pretrained(
-            model, config=config, dtype=dtype, device_map=device,
+            model,
+            config=config,
+            dtype=dtype,
+            device_map=device,
             attn_implementation=attn_implementation,
         )
     torch.manual_seed(seed)

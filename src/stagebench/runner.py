@@ -20,6 +20,9 @@ from stagebench.workload import Workload
 
 GIB = 1024**3
 SEED_WINDOW_STEPS = 10
+# Synthetic batches are a small cycled pool: a dense model's cost does not depend on token values,
+# and a pool it can memorize makes a falling loss proof that updates reach the weights.
+DATA_POOL_BATCHES = 4
 CHECK_EVERY_STEPS = 5  # how often the stopping rule looks at the times so far
 
 
@@ -34,8 +37,9 @@ class CudaTimer:
         self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def start(self) -> None:
-        self.events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
-        self.events[-1][0].record()
+        pair = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        pair[0].record()
+        self.events.append(pair)
 
     def stop(self) -> None:
         self.events[-1][1].record()
@@ -68,15 +72,20 @@ def synthetic_batches(vocab: int, workload: Workload, device: torch.device, coun
     """Seeded random token ids, the same for every stage (pretraining-style, labels = inputs)."""
     gen = torch.Generator(device=device).manual_seed(workload.seed)
     shape = (workload.batch_size, workload.seq_len)
-    return [
-        torch.randint(0, vocab, shape, generator=gen, device=device) for _ in range(count)
+    pool = [
+        torch.randint(0, vocab, shape, generator=gen, device=device)
+        for _ in range(min(count, DATA_POOL_BATCHES))
     ]
+    return [pool[i % len(pool)] for i in range(count)]
 
 
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """The seed's AdamW; states follow the parameter dtype (bf16 on GPU), as in the seed."""
     return torch.optim.AdamW(
-        model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01,
+        model.parameters(),
+        lr=3e-4,
+        betas=(0.9, 0.95),
+        weight_decay=0.01,
         fused=device.type == "cuda",
     )
 
@@ -149,12 +158,22 @@ def _timed_loop(model, optimizer, batches, ctx, workload: Workload, device) -> M
             if ci is not None and ci <= workload.target_ci_pct:
                 break
     times = timer.times_ms(all_steps=True)
-    return _metrics(model, times, first_step_s, loss_first, loss.item(), grad_norm_first,
-                    ctx, workload, device)
+    return _metrics(
+        model, times, first_step_s, loss_first, loss.item(), grad_norm_first, ctx, workload, device
+    )
 
 
-def _metrics(model, times, first_step_s, loss_first, loss_last, grad_norm_first, ctx,
-             workload: Workload, device) -> Metrics:
+def _metrics(
+    model,
+    times,
+    first_step_s,
+    loss_first,
+    loss_last,
+    grad_norm_first,
+    ctx,
+    workload: Workload,
+    device,
+) -> Metrics:
     summary = stats.summarize(times)
     tokens = workload.tokens_per_step
     tokens_per_s = tokens / (summary.median / 1000.0)
@@ -169,7 +188,8 @@ def _metrics(model, times, first_step_s, loss_first, loss_last, grad_norm_first,
     best = stats.best_window_mean(times, SEED_WINDOW_STEPS)
     cuda = device.type == "cuda"
     seed_window_mfu = (
-        None if best is None or not cuda
+        None
+        if best is None or not cuda
         else flops.mfu_pct(flops.tflops(tokens / (best / 1000.0), seed_fpt), flops.SEED_PEAK_TFLOPS)
     )
     return Metrics(

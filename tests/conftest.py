@@ -1,0 +1,35 @@
+"""Shared fixtures: a quick CPU workload and a child environment that can import tests/faults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from stagebench.workload import Workload
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def tiny_workload() -> Workload:
+    """A `tiny` workload small enough for a 2-core CPU (the real seed shapes are for GPUs)."""
+    return Workload(
+        model="tiny",
+        device="cpu",
+        dtype="float32",
+        batch_size=2,
+        seq_len=64,
+        warmup_steps=2,
+        min_steps=8,
+        max_steps=12,
+        timeout_s=120.0,
+    )
+
+
+@pytest.fixture
+def child_can_import_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child processes inherit the environment; let them import tests/faults.py."""
+    paths = [str(TESTS), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))

@@ -1,0 +1,89 @@
+"""FAKE failures for the isolation tests: entry points a child process calls instead of the runner.
+
+Each fault is real inside a real child process (a real exception, a real hang, a real abort), but
+it is staged: no machine here can run out of GPU memory or crash a kernel on demand. Stages whose
+name is not in FAULTS (no seed id is) run the real runner, so a matrix mixes real rows and faults.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from stagebench.runner import run_stage
+
+
+def fake_oom(stage, workload):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (fake)")
+
+
+def fake_hang(stage, workload):
+    # A grandchild stands in for an inductor compile worker: it must die with the stage.
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    pid_file = os.environ.get("STAGEBENCH_TEST_PIDFILE")
+    if pid_file:
+        with open(pid_file, "w") as f:
+            f.write(str(worker.pid))
+    time.sleep(3600)
+
+
+def fake_abort(stage, workload):
+    os.abort()
+
+
+def fake_import_error(stage, workload):
+    import liger_kernel_that_does_not_exist  # noqa: F401
+
+
+def fake_error(stage, workload):
+    raise ValueError("shapes (2, 3) and (4, 5) do not broadcast (fake)")
+
+
+def fake_compile_error(stage, workload):
+    from torch._dynamo.exc import Unsupported
+
+    try:
+        raise RuntimeError("fake inner cause")
+    except RuntimeError as inner:
+        raise Unsupported("Skip calling `torch.compiler.disable()`d function (fake)") from inner
+
+
+def fake_oom_in_autotune(stage, workload):
+    from torch._inductor.exc import InductorError
+
+    try:
+        raise torch.OutOfMemoryError("CUDA out of memory during autotuning (fake)")
+    except torch.OutOfMemoryError as inner:
+        raise InductorError(inner, None) from inner
+
+
+def fake_wrong_loss(stage, workload):
+    metrics = run_stage(stage, workload)
+    metrics.loss_first *= 1.5  # as if a kernel computed the wrong loss
+    return metrics
+
+
+FAULTS = {
+    "eager": fake_oom,
+    "eager+compile": fake_hang,
+    "eager+compile-default": fake_abort,
+    "eager+compile-model": fake_import_error,
+    "sdpa+compile-model": fake_error,
+    "sdpa+compile": fake_compile_error,
+    "sdpa+compile-default": fake_oom_in_autotune,
+}
+
+
+def dispatch(stage, workload):
+    """The child's entry: a fault for listed specs, the real runner otherwise."""
+    fault = FAULTS.get(stage.name)
+    return fault(stage, workload) if fault else run_stage(stage, workload)
+
+
+def wrong_loss(stage, workload):
+    """Entry for the numerics test: the reference measures truly, everything else is off."""
+    return run_stage(stage, workload) if stage.is_reference else fake_wrong_loss(stage, workload)
