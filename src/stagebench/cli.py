@@ -106,7 +106,9 @@ def workload_from(args: argparse.Namespace) -> Workload:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
-    fields["min_steps"] = min(fields.get("min_steps", 10), fields.get("max_steps", 60))
+    if args.max_steps is not None and args.min_steps is None:
+        # Only --max-steps given: a smaller cap lowers the default minimum with it.
+        fields["min_steps"] = max(1, min(fields.get("min_steps", 10), args.max_steps))
     try:
         return Workload(model=model, device=device, **fields)
     except ValueError as exc:
@@ -125,7 +127,10 @@ def _subset(value: str | None, device: str) -> list[str]:
         return MATRICES["seed" if device == "cuda" else "cpu"]
     if value in MATRICES:
         return MATRICES[value]
-    return [name for name in value.split(",") if name.strip()]
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise BadInput(f"--subset {value!r} names no stage; give {' | '.join(MATRICES)} or ids")
+    return names
 
 
 def _check_writable(path: Path | None) -> None:

@@ -29,6 +29,10 @@ def package_versions() -> dict[str, str | None]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    if versions["stagebench"] is None:  # run from a source tree, not installed
+        from stagebench import __version__
+
+        versions["stagebench"] = f"{__version__} (source tree)"
     return versions
 
 
@@ -43,20 +47,31 @@ def gpu_info() -> dict[str, Any]:
     except pynvml.NVMLError as exc:
         return {"gpu": None, "gpu_reason": f"NVML unavailable ({exc})"}
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        clocks = pynvml.NVML_CLOCK_SM
-        info = {
-            "gpu": pynvml.nvmlDeviceGetName(handle),
-            "gpu_count": pynvml.nvmlDeviceGetCount(),
-            "driver": pynvml.nvmlSystemGetDriverVersion(),
-            "gpu_memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 1024**3, 1),
-            "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, clocks),
-            "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, clocks),
-            "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except pynvml.NVMLError as exc:
+            return {"gpu": None, "gpu_reason": f"no visible GPU ({exc})"}
+        sm = pynvml.NVML_CLOCK_SM
+        queries = {
+            "gpu": lambda: pynvml.nvmlDeviceGetName(handle),
+            "gpu_count": pynvml.nvmlDeviceGetCount,
+            "driver": pynvml.nvmlSystemGetDriverVersion,
+            "gpu_memory_gib": lambda: round(
+                pynvml.nvmlDeviceGetMemoryInfo(handle).total / 1024**3, 1
+            ),
+            "sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, sm),
+            "sm_clock_max_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, sm),
+            "power_limit_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
         }
+        info: dict[str, Any] = {}
+        for key, query in queries.items():
+            try:
+                info[key] = query()
+            except pynvml.NVMLError:  # not every board answers every query
+                info[key] = None
+        return info
     finally:
         pynvml.nvmlShutdown()
-    return info
 
 
 def torch_info() -> dict[str, Any]:

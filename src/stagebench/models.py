@@ -97,13 +97,11 @@ def build_model(
 
     config = load_config(model)
     if has_weights(model):
-        return AutoModelForCausalLM.from_pretrained(
-            model,
-            config=config,
-            dtype=dtype,
-            device_map=device,
-            attn_implementation=attn_implementation,
+        # No device_map: that would make accelerate a dependency for one line of convenience.
+        loaded = AutoModelForCausalLM.from_pretrained(
+            model, config=config, dtype=dtype, attn_implementation=attn_implementation
         )
+        return loaded.to(device)
     torch.manual_seed(seed)
     with torch.device(device):
         built = AutoModelForCausalLM.from_config(

@@ -93,6 +93,8 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
+        if not isinstance(data, dict):
+            raise ValueError(f"a result is a JSON object, not {type(data).__name__}")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(
                 f"result schema {data.get('schema_version')!r} is not {SCHEMA_VERSION}"

@@ -84,16 +84,16 @@ class Stage:
 def parse_spec(spec: str) -> tuple[str, ...]:
     """Split and validate a spec; returns its parts in application order."""
     raw = [p.strip() for p in spec.split("+")]
+    valid = f"valid parts: {', '.join(PART_ORDER)}"
     if not spec.strip() or any(not p for p in raw):
-        raise StageError(f"empty part in stage spec {spec!r}; write parts joined by '+'")
+        raise StageError(f"empty part in stage spec {spec!r}; join parts with '+'; {valid}")
     known = set(ATTENTION_PARTS) | set(ADDON_PARTS)
     for part in raw:
         if part not in known:
-            raise StageError(
-                f"unknown stage part {part!r} in {spec!r}; valid parts: {', '.join(PART_ORDER)}"
-            )
-    if len(set(raw)) != len(raw):
-        raise StageError(f"a part is repeated in stage spec {spec!r}")
+            raise StageError(f"unknown stage part {part!r} in {spec!r}; {valid}")
+    repeated = sorted({p for p in raw if raw.count(p) > 1})
+    if repeated:
+        raise StageError(f"part {repeated[0]!r} is repeated in stage spec {spec!r}; {valid}")
     attention = [p for p in raw if p in ATTENTION_PARTS]
     if len(attention) != 1:
         raise StageError(
@@ -101,7 +101,10 @@ def parse_spec(spec: str) -> tuple[str, ...]:
             f"{', '.join(ATTENTION_PARTS)}"
         )
     if sum(p in COMPILE_PARTS for p in raw) > 1:
-        raise StageError(f"stage spec {spec!r} names more than one compile part")
+        raise StageError(
+            f"stage spec {spec!r} names more than one compile part; pick one of: "
+            f"{', '.join(COMPILE_PARTS)}"
+        )
     return tuple(sorted(raw, key=PART_ORDER.index))
 
 

@@ -49,6 +49,8 @@ def summarize(values: list[float]) -> Summary:
 
 def best_window_mean(values: list[float], window: int) -> float | None:
     """Smallest mean over consecutive windows: the seed's 'peak over rolling windows' statistic."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, not {window}")
     if len(values) < window:
         return None
     return min(sum(values[i : i + window]) / window for i in range(len(values) - window + 1))

@@ -26,22 +26,25 @@ class Workload:
     compile_cache: str | None = None  # inductor cache directory; None: the user cache
 
     def __post_init__(self) -> None:
-        checks = {
-            "batch_size": self.batch_size >= 1,
-            "seq_len": self.seq_len >= 2,
-            "warmup_steps": self.warmup_steps >= 1,
-            "min_steps": self.min_steps >= 1,
-            "max_steps": self.max_steps >= self.min_steps,
-            "target_ci_pct": self.target_ci_pct > 0,
-            "timeout_s": self.timeout_s > 0,
-            "dtype": self.dtype in ("bfloat16", "float16", "float32"),
-            "device": self.device in ("cuda", "cpu"),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid workload {bad[0]}={getattr(self, bad[0])!r}")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise ValueError(f"invalid workload peak_tflops={self.peak_tflops!r}")
+        checks = (
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("seq_len", self.seq_len >= 2, "at least 2"),
+            ("warmup_steps", self.warmup_steps >= 1, "at least 1 (step 0 is always warm-up)"),
+            ("min_steps", self.min_steps >= 1, "at least 1"),
+            ("max_steps", self.max_steps >= self.min_steps, f"at least min_steps={self.min_steps}"),
+            ("target_ci_pct", self.target_ci_pct > 0, "above 0"),
+            ("timeout_s", self.timeout_s > 0, "above 0"),
+            (
+                "dtype",
+                self.dtype in ("bfloat16", "float16", "float32"),
+                "bfloat16, float16 or float32",
+            ),
+            ("device", self.device in ("cuda", "cpu"), "cuda or cpu"),
+            ("peak_tflops", self.peak_tflops is None or self.peak_tflops > 0, "above 0"),
+        )
+        for name, ok, accepted in checks:
+            if not ok:
+                raise ValueError(f"invalid {name}={getattr(self, name)!r}: must be {accepted}")
 
     @property
     def tokens_per_step(self) -> int:

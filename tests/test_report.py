@@ -1,0 +1,98 @@
+"""The results table: the seed's columns with the seed's numbers, '-' where nothing was measured."""
+
+from __future__ import annotations
+
+import re
+
+from rich.console import Console
+
+from stagebench.report import print_results, reasons, results_table, seed_row
+from stagebench.results import Metrics, Result
+
+
+def make_metrics(**overrides) -> Metrics:
+    values = dict(
+        measured_steps=17, warmup_steps=3, step_time_ms_median=148.26, step_time_ms_iqr=1.04,
+        step_time_ms_min=147.0, step_time_ms_max=152.0, step_time_ci95_pct=0.314,
+        tokens_per_step=2048, tokens_per_s=13813.0, flops_per_token=4.9e10, tflops=676.8,
+        mfu_pct=68.41, mfu_reason="table: H100 dense bf16", seed_flops_per_token=5.1e10,
+        seed_tflops=343.94, seed_mfu_pct=34.77, seed_peak_window_mfu_pct=35.1,
+        first_step_s=47.26, model_init_s=3.0, loss_first=12.0, loss_last=11.0,
+        grad_norm_first=4.0, peak_allocated_gib=55.5, peak_reserved_gib=61.27,
+        n_params=8_190_735_360, attention_impl="sdpa",
+    )  # fmt: skip
+    values.update(overrides)
+    return Metrics(**values)
+
+
+def make_result(stage, status, metrics=None, wall_time_s=None, reason=None) -> Result:
+    return Result(
+        stage=stage, spec="sdpa", status=status, reason=reason, model="qwen3-8b",
+        workload={}, metrics=metrics, wall_time_s=wall_time_s,
+    )  # fmt: skip
+
+
+OK = make_result("00_sdpa", "ok", make_metrics(), wall_time_s=123.46)
+OOM = make_result("00_baseline", "oom", None, wall_time_s=12.0, reason="CUDA out of memory")
+CPU = make_result("00_fa2", "ok", make_metrics(peak_reserved_gib=None, seed_mfu_pct=None))
+UNAVAILABLE = make_result("02_liger_sdpa", "unavailable", reason="liger: not implemented yet")
+
+
+def render(table) -> str:
+    console = Console(record=True, width=200)
+    console.print(table)
+    return console.export_text()
+
+
+def row_cells(text: str, stage: str) -> list[str]:
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split("[│┃]", line)]
+        if len(cells) > 2 and cells[1] == stage:
+            return cells[1:-1]
+    raise AssertionError(f"no row for {stage} in:\n{text}")
+
+
+def test_seed_row_formats_measured_numbers():
+    """The seed's six columns, one decimal, from the seed's formula and reserved memory."""
+    assert seed_row(OK) == ["00_sdpa", "ok", "34.8", "343.9", "61.3", "123.5"]
+
+
+def test_seed_row_dashes_where_nothing_was_measured():
+    """A failed stage has no metrics: '-' in the number columns, its runtime still shown."""
+    assert seed_row(OOM) == ["00_baseline", "oom", "-", "-", "-", "12.0"]
+    assert seed_row(CPU) == ["00_fa2", "ok", "-", "343.9", "-", "-"]
+
+
+def test_results_table_renders_rows():
+    """Rendered table: seed columns first, then spread and compile cost; markup not leaked."""
+    text = render(results_table([OK, OOM, CPU], title="run"))
+    header = row_cells(text, "Config")
+    assert header[:6] == ["Config", "Status", "MFU %", "TFLOPS", "Mem(GB)", "Runtime(s)"]
+    assert header[6:] == ["Model MFU %", "Step ms", "IQR ms", "Steps", "CI95 %", "1st step s"]
+    assert row_cells(text, "00_sdpa") == [
+        "00_sdpa", "ok", "34.8", "343.9", "61.3", "123.5", "68.4", "148.3", "1.0", "17", "0.31",
+        "47.3",
+    ]  # fmt: skip
+    dashes = ["-"] * 6
+    assert row_cells(text, "00_baseline") == ["00_baseline", "oom", "-", "-", "-", "12.0", *dashes]
+    assert row_cells(text, "00_fa2")[:6] == ["00_fa2", "ok", "-", "343.9", "-", "-"]
+    assert "[green]" not in text
+    assert "[red]" not in text
+
+
+def test_reasons_lists_only_non_ok_rows():
+    """Only stages that did not end ok get a reason line, each with its status and why."""
+    assert reasons([OK, OOM, CPU, UNAVAILABLE]) == [
+        "00_baseline: oom: CUDA out of memory",
+        "02_liger_sdpa: unavailable: liger: not implemented yet",
+    ]
+    assert reasons([OK, CPU]) == []
+
+
+def test_print_results_prints_reasons():
+    """The printed report carries the reason lines below the table, verbatim (no markup)."""
+    console = Console(record=True, width=200)
+    print_results([OK, make_result("x", "error", reason="[bold]boom[/]")], console)
+    text = console.export_text()
+    assert "  x: error: [bold]boom[/]" in text
+    assert "00_sdpa" in text

@@ -1,0 +1,69 @@
+"""Step-time statistics: median, IQR, the median's order-statistic CI, the seed's window."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from stagebench.stats import best_window_mean, median_ci95, summarize
+
+
+def test_summarize_known_data():
+    """Median, inclusive-quartile IQR, min, max and n of a known (shuffled) sample."""
+    s = summarize([9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0, 4.0, 5.0])
+    assert s.n == 9
+    assert s.median == 5.0
+    assert s.iqr == pytest.approx(4.0)  # q1 = 3, q3 = 7
+    assert s.minimum == 1.0
+    assert s.maximum == 9.0
+    # n = 9: ranks 1 and 9, so (9 - 1) / 2 / 5 = 80 % of the median.
+    assert s.ci95_half_width_pct == pytest.approx(80.0)
+
+
+def test_summarize_even_count_and_single_value():
+    """An even count takes the mean of the middle pair; one value has zero spread."""
+    assert summarize([4.0, 1.0, 3.0, 2.0]).median == 2.5
+    one = summarize([7.0])
+    assert (one.n, one.median, one.iqr, one.minimum, one.maximum) == (1, 7.0, 0.0, 7.0, 7.0)
+
+
+def test_ci_needs_six_samples():
+    """Below 6 samples no order-statistic 95% CI exists, so none is reported."""
+    assert summarize([1.0, 2.0, 3.0, 4.0, 5.0]).ci95_half_width_pct is None
+    assert median_ci95([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+    assert summarize([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).ci95_half_width_pct is not None
+
+
+def test_median_ci_ranks_for_100():
+    """n = 100: the textbook 95% CI of the median runs from the 40th to the 61st value."""
+    assert median_ci95([float(v) for v in range(1, 101)]) == (40.0, 61.0)
+
+
+def test_ci_shrinks_with_more_samples():
+    """More steps from the same distribution must give a tighter CI (the runner's stop rule)."""
+    widths = []
+    for n in (10, 100, 1000):
+        rng = random.Random(1234)
+        widths.append(summarize([rng.gauss(100.0, 5.0) for _ in range(n)]).ci95_half_width_pct)
+    assert widths[0] > widths[1] > widths[2] > 0
+
+
+def test_best_window_mean_picks_fastest_window():
+    """The seed's statistic is the best (smallest-time) rolling window, not the overall mean."""
+    values = [3.0, 3.0, 3.0, 1.0, 2.0, 9.0, 9.0]
+    assert best_window_mean(values, 2) == pytest.approx(1.5)
+    assert best_window_mean(values, 3) == pytest.approx(2.0)
+    assert best_window_mean(values, len(values)) == pytest.approx(sum(values) / len(values))
+
+
+def test_best_window_mean_too_few_values():
+    """Fewer values than the window means the statistic does not exist."""
+    assert best_window_mean([1.0, 2.0], 3) is None
+    assert best_window_mean([], 10) is None
+
+
+def test_summarize_empty_raises():
+    """Summarizing nothing is a bug upstream; it must not return a made-up summary."""
+    with pytest.raises(ValueError, match="no measured values"):
+        summarize([])
