@@ -49,6 +49,9 @@ def _compile(part: str):
         if scope == "per-layer":
             for layer in decoder_layers(model):
                 layer.compile(fullgraph=True, mode=mode)  # in place: names and state stay
+        elif ctx.loss_head.startswith("cce"):
+            # The CCE head calls the base model directly, past the LM's own forward.
+            model.get_decoder().compile(mode=mode)
         else:
             model.compile(mode=mode)
         ctx.notes["compile"] = f"{scope}, mode={mode}, fullgraph={scope == 'per-layer'}"
