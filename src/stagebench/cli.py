@@ -18,11 +18,7 @@ from stagebench.models import PRESETS, ModelError, default_preset, load_config
 from stagebench.results import Result
 from stagebench.workload import Workload, defaults_for
 
-# Named matrices; `cpu` is what a machine without a GPU can really run.
-MATRICES: dict[str, list[str]] = {
-    "seed": list(stages.SEED_STAGES),
-    "cpu": ["00_baseline", "00_sdpa", "sdpa+compile-default", "sdpa+compile"],
-}
+MATRICES = stages.MATRICES
 
 
 class BadInput(Exception):
@@ -124,7 +120,7 @@ def resolve_stages(names: list[str]) -> list[stages.Stage]:
 
 def _subset(value: str | None, device: str) -> list[str]:
     if value is None:
-        return MATRICES["seed" if device == "cuda" else "cpu"]
+        return MATRICES[stages.default_matrix(device)]
     if value in MATRICES:
         return MATRICES[value]
     names = [name.strip() for name in value.split(",") if name.strip()]

@@ -50,6 +50,15 @@ SEED_STAGES: dict[str, str] = {
 }
 # Step-0 losses of every stage are compared against this stage's.
 REFERENCE_SPEC = "sdpa"
+# Named matrices; `cpu` is what a machine without a GPU can really run.
+MATRICES: dict[str, list[str]] = {
+    "seed": list(SEED_STAGES),
+    "cpu": ["00_baseline", "00_sdpa", "sdpa+compile-default", "sdpa+compile"],
+}
+
+
+def default_matrix(device: str) -> str:
+    return "seed" if device == "cuda" else "cpu"
 
 
 class StageError(ValueError):

@@ -1,0 +1,168 @@
+"""The asv suite, generated from the stage registry: one class per stage.
+
+`setup_cache` measures the stage once per commit and environment through the isolated runner and
+returns its Result; the `track_*` methods only read it. A stage that cannot run here is skipped
+(asv shows n/a); a failed one records `track_ok` = 0 and fails its other metrics with the reason,
+which asv prints in its log.
+
+Configuration comes from the environment so the same suite serves a GPU nightly and a CPU CI:
+    STAGEBENCH_PRESET    model preset or path (default: qwen3-8b with CUDA, tiny without)
+    STAGEBENCH_WORKLOAD  JSON object of Workload overrides, e.g. '{"seq_len": 128}'
+    STAGEBENCH_MATRIX    named matrix or comma-separated stages (default: seed + cpu matrices)
+    STAGEBENCH_STORE     JSON Lines file every Result is also appended to
+                         (default: .asv/stagebench/results.jsonl beside asv.conf.json)
+    STAGEBENCH_DEVICE    cuda or cpu (default: cuda where NVML sees a GPU)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stagebench import PROTOCOL_VERSION, results, stages
+from stagebench.workload import Workload, defaults_for
+
+# name -> (unit, where the value lives in a Result dict, what "better" means)
+METRICS: dict[str, tuple[str, str, str]] = {
+    "mfu": ("%", "mfu_pct", "higher"),
+    "seed_mfu": ("%", "seed_mfu_pct", "higher"),
+    "tflops": ("TFLOPS", "tflops", "higher"),
+    "tokens_per_s": ("tokens/s", "tokens_per_s", "higher"),
+    "step_time_ms": ("ms", "step_time_ms_median", "lower"),
+    "first_step_s": ("s", "first_step_s", "lower"),
+    "peak_reserved_gib": ("GiB", "peak_reserved_gib", "lower"),
+}
+
+
+def _device() -> str:
+    """Asked of NVML, not torch: asv forks benchmark processes, and a CUDA driver initialised
+    before a fork breaks CUDA in the child."""
+    from stagebench.env import gpu_info
+
+    explicit = os.environ.get("STAGEBENCH_DEVICE")
+    if explicit:
+        return explicit
+    return "cuda" if gpu_info().get("gpu") else "cpu"
+
+
+def bench_workload() -> Workload:
+    device = _device()
+    from stagebench.models import default_preset
+
+    fields: dict[str, Any] = {
+        "model": os.environ.get("STAGEBENCH_PRESET") or default_preset(device)
+    }
+    fields.update(defaults_for(device))
+    fields.update(json.loads(os.environ.get("STAGEBENCH_WORKLOAD") or "{}"))
+    return Workload(device=device, **fields)
+
+
+def bench_stages() -> list[stages.Stage]:
+    """The stages that get a class. Classes must not depend on the machine: asv discovers the
+    suite once and runs it everywhere, so every known matrix gets one, skipped where it can't run.
+    """
+    chosen = os.environ.get("STAGEBENCH_MATRIX")
+    if chosen:
+        names = stages.MATRICES.get(chosen) or [n.strip() for n in chosen.split(",") if n.strip()]
+    else:
+        names = [n for matrix in stages.MATRICES.values() for n in matrix]
+    return list(dict.fromkeys(stages.resolve(n) for n in names))
+
+
+def store_path() -> Path:
+    explicit = os.environ.get("STAGEBENCH_STORE")
+    if explicit:
+        return Path(explicit)
+    root = Path(os.environ.get("ASV_CONF_DIR") or ".")
+    return root / ".asv" / "stagebench" / "results.jsonl"
+
+
+def measure(stage: stages.Stage) -> dict[str, Any]:
+    """Run one stage for asv; the sdpa reference first if this workload has none stored yet."""
+    import torch
+
+    from stagebench.matrix import find_reference, run_matrix
+    from stagebench.optim import unavailable_reason
+
+    workload = bench_workload()
+    if workload.device == "cpu":  # known without a child (GPU checks may touch CUDA: child only)
+        reason = unavailable_reason(stage, torch.device("cpu"))
+        if reason:
+            return {"status": "unavailable", "reason": reason}
+    store = store_path()
+    if not stage.is_reference and find_reference(results.load(store), workload) is None:
+        run_matrix([stages.resolve(stages.REFERENCE_SPEC)], workload, store=store)
+    (result,) = run_matrix([stage], workload, store=store)
+    if result.status == "unavailable":
+        return {"status": "unavailable", "reason": result.reason}
+    return result.to_dict()
+
+
+def _class_name(stage: stages.Stage) -> str:
+    return "Stage_" + re.sub(r"\W", "_", stage.name)
+
+
+def _own_module(func: Callable, stage: stages.Stage, package: str) -> Callable:
+    """Give `func` a module of its own.
+
+    asv keys a setup_cache by its function's module and first line; every generated class shares
+    one function, so without this all stages would share one cache (and one Result).
+    """
+    name = f"{package}.{_class_name(stage).lower()}"
+    sys.modules.setdefault(name, types.ModuleType(name))
+    clone = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__, None, func.__closure__
+    )
+    clone.__module__ = name
+    return clone
+
+
+def _make_class(stage: stages.Stage, package: str) -> type:
+    def setup_cache(self) -> dict[str, Any]:
+        return measure(stage)
+
+    def setup(self, result: dict[str, Any]) -> None:
+        if result["status"] == "unavailable":
+            raise NotImplementedError(f"{stage.name} unavailable: {result['reason']}")
+
+    def track_ok(self, result: dict[str, Any]) -> int:
+        return int(result["status"] == "ok")
+
+    def tracker(key: str, unit: str) -> Callable:
+        def track(self, result: dict[str, Any]) -> float:
+            if result["status"] != "ok":
+                raise RuntimeError(f"{stage.name}: {result['status']}: {result['reason']}")
+            value = result["metrics"][key]
+            return math.nan if value is None else float(value)  # n/a, e.g. no MFU on a CPU
+
+        track.unit = unit
+        return track
+
+    cache = _own_module(setup_cache, stage, package)
+    workload_timeout = bench_workload().timeout_s
+    cache.timeout = 2 * workload_timeout + 120  # the reference may run first; child start-up
+    track_ok.unit = "ok"
+    body: dict[str, Any] = {
+        "__doc__": f"{stage.name}: {stage.spec}",
+        "setup_cache": cache,
+        "setup": setup,
+        "track_ok": track_ok,
+        "timeout": cache.timeout,
+        # Results from an older protocol or another spec are invalidated on purpose.
+        "version": f"{stage.spec}|protocol-{PROTOCOL_VERSION}",
+    }
+    for name, (unit, key, _) in METRICS.items():
+        body[f"track_{name}"] = tracker(key, unit)
+    return type(_class_name(stage), (), body)
+
+
+def stage_benchmarks(package: str = "stages") -> dict[str, type]:
+    """{class name: asv benchmark class} for every bench stage."""
+    return {_class_name(s): _make_class(s, package) for s in bench_stages()}
