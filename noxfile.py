@@ -8,6 +8,10 @@ the current interpreter and install nothing, so torch and friends are never fetc
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
+import sys
 
 import nox
 
@@ -16,6 +20,8 @@ BACKEND = "none" if REUSE_SYSTEM else "virtualenv"
 # The CPU wheel on CI machines; a GPU host installs its own CUDA build (or reuses the system's).
 TORCH_SPEC = os.environ.get("STAGEBENCH_TORCH_SPEC", "torch==2.13.0")
 RESULTS_DIR = "results"
+# asv_suite.METRICS, restated so the noxfile imports nothing from the project it installs.
+HIGHER_IS_BETTER = ("mfu", "seed_mfu", "tflops", "tokens_per_s", "ok")
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -33,7 +39,7 @@ def _install(session: nox.Session, *extras: str) -> None:
 @nox.session(venv_backend=BACKEND)
 def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests on the CPU (GPU-only tests skip with their reason)."""
-    _install(session, "dev")
+    _install(session, "dev", "gpu")  # gpu: liger, cce, kernels have CPU-testable parts
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
@@ -69,22 +75,90 @@ def smoke(session: nox.Session) -> None:
     )
 
 
-@nox.session(venv_backend=BACKEND)
-def bench(session: nox.Session) -> None:
-    """The main job: the seed matrix on qwen3-8b on a GPU, the CPU matrix on `tiny` otherwise."""
-    _install(session, "gpu") if _has_cuda(session) else _install(session)
-    session.run(
-        "stagebench",
-        "matrix",
-        "--jsonl",
-        f"{RESULTS_DIR}/bench.jsonl",
-        "--log-dir",
-        f"{RESULTS_DIR}/logs",
-        *session.posargs,
-        success_codes=[0, 1],
-    )
+def _python(session: nox.Session) -> str:
+    """The interpreter asv's `existing` environment measures: this session's."""
+    if REUSE_SYSTEM:
+        return shutil.which("python3") or sys.executable
+    return os.path.join(session.bin, "python")
 
 
-def _has_cuda(session: nox.Session) -> bool:
+def _asv_machine(session: nox.Session) -> str:
+    """Register this host with asv once (non-interactively); results are filed under its name."""
+    machine = os.environ.get("STAGEBENCH_ASV_MACHINE") or socket.gethostname()
+    session.run("asv", "machine", "--yes", "--machine", machine, silent=True)
+    return machine
+
+
+def _has_cuda() -> bool:
     """Whether this machine has an NVIDIA driver (checked without importing torch)."""
     return any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
+
+
+@nox.session(venv_backend=BACKEND)
+def bench(session: nox.Session) -> None:
+    """The main job: asv on this commit (seed matrix on qwen3-8b with a GPU, `tiny` on a CPU),
+    history in .asv/results, then the site in .asv/html."""
+    _install(session, "dev", "gpu")
+    machine = _asv_machine(session)
+    head = session.run("git", "rev-parse", "HEAD", silent=True, external=True).strip()
+    # asv exits 2 when a benchmark failed; a stage failing (an OOM) is a result, not an error.
+    session.run(
+        "asv",
+        "run",
+        "--environment",
+        f"existing:{_python(session)}",
+        "--set-commit-hash",
+        head,
+        "--machine",
+        machine,
+        "--show-stderr",
+        *session.posargs,
+        success_codes=[0, 2],
+    )
+    session.run("asv", "publish")
+    session.log("history: .asv/results; site: .asv/html (nox -s publish -- --serve to view)")
+
+
+@nox.session(venv_backend=BACKEND)
+def publish(session: nox.Session) -> None:
+    """Build the static history site from .asv/results; `-- --serve` previews it."""
+    if not REUSE_SYSTEM:
+        session.install("asv>=0.6.4")
+    session.run("asv", "publish")
+    if "--serve" in session.posargs:
+        session.run("asv", "preview")
+
+
+@nox.session(venv_backend=BACKEND)
+def bisect(session: nox.Session) -> None:
+    """`nox -s bisect -- GOOD BAD BENCHMARK`: asv find between two commits for one benchmark.
+
+    Each visited commit gets a virtualenv that shares this session's torch and kernel libraries
+    (asv.conf.json's virtualenv-shared), so only stagebench itself is rebuilt per commit.
+    """
+    if len(session.posargs) != 3:
+        session.error(
+            "usage: nox -s bisect -- GOOD BAD BENCHMARK (e.g. stages.Stage_00_sdpa.track_mfu)"
+        )
+    good, bad, benchmark = session.posargs
+    _install(session, "dev", "gpu")
+    machine = _asv_machine(session)
+    metric = benchmark.rsplit(".track_", 1)[-1]
+    # asv find hunts for a rise; for metrics where higher is better a regression is a drop.
+    invert = ["--invert"] if metric in HIGHER_IS_BETTER else []
+    output = session.run(
+        "asv",
+        "find",
+        "--machine",
+        machine,
+        *invert,
+        f"{good}..{bad}",
+        f"^{re.escape(benchmark)}$",
+        silent=True,
+    )
+    print(output)
+    found = re.search(r"Greatest (?:regression|improvement) found: ([0-9a-f]+)", output or "")
+    if not found:
+        session.error("asv find named no commit")
+    culprit = session.run("git", "rev-parse", found.group(1), silent=True, external=True).strip()
+    print(f"culprit: {culprit} ({benchmark})")
