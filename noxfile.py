@@ -121,10 +121,16 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(venv_backend=BACKEND)
 def publish(session: nox.Session) -> None:
-    """Build the static history site from .asv/results; `-- --serve` previews it."""
+    """Build the static history site in .asv/html from .asv/results.
+
+    `-- --offline` serves asv's JavaScript libraries from the site itself (fetched once from
+    npm) so it renders without internet access; `-- --serve` previews it.
+    """
     if not REUSE_SYSTEM:
         session.install("asv>=0.6.4")
     session.run("asv", "publish")
+    if "--offline" in session.posargs:
+        session.run("python", "src/stagebench/site.py", ".asv/html")
     if "--serve" in session.posargs:
         session.run("asv", "preview")
 

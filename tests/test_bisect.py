@@ -8,47 +8,24 @@ that commit.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from project_repo import bench_env, commit, git, make_repo
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = "stages.Stage_00_sdpa.track_step_time_ms"
 SLOWDOWN = "    loss = loss_fn(model, batch, batch)\n"
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def _project_copy(dest: Path) -> None:
-    """The project's tracked files as they are in the working tree."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        source = ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-
-
 def _history(repo: Path) -> tuple[str, str, str]:
-    """Eight commits; returns (first, planted, last)."""
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "config", "user.email", "bench@example.invalid")
-    _git(repo, "config", "user.name", "bench")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "base")
-    first = _git(repo, "rev-parse", "HEAD")
-    planted = ""
+    """Seven commits on top of `base`; returns (base, planted, last)."""
+    first = git(repo, "rev-parse", "HEAD")
+    planted = last = ""
     runner = repo / "src" / "stagebench" / "runner.py"
+    (repo / "docs").mkdir(exist_ok=True)
     for i in range(1, 8):
         if i == 4:
             text = runner.read_text()
@@ -56,37 +33,18 @@ def _history(repo: Path) -> tuple[str, str, str]:
             runner.write_text(
                 text.replace(SLOWDOWN, "    __import__('time').sleep(0.04)\n" + SLOWDOWN)
             )
-            message = "runner: tidy the step (plants a 40 ms sleep)"
+            last = planted = commit(repo, "runner: tidy the step (plants a 40 ms sleep)")
         else:
-            (repo / "docs").mkdir(exist_ok=True)
             (repo / "docs" / f"note-{i}.md").write_text(f"note {i}\n")
-            message = f"docs: note {i}"
-        _git(repo, "add", "-A")
-        _git(repo, "commit", "-qm", message)
-        if i == 4:
-            planted = _git(repo, "rev-parse", "HEAD")
-    return first, planted, _git(repo, "rev-parse", "HEAD")
+            last = commit(repo, f"docs: note {i}")
+    return first, planted, last
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_bisect_names_the_planted_commit(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    _project_copy(repo)
+    repo = make_repo(tmp_path / "repo")
     first, planted, last = _history(repo)
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "HOME": str(tmp_path / "home"),  # asv's machine file goes here, not in the user's home
-        "STAGEBENCH_NOX_REUSE_SYSTEM": "1",  # this interpreter already has torch and asv
-        "STAGEBENCH_ASV_MACHINE": "bisect-test",
-        "STAGEBENCH_DEVICE": "cpu",
-        "STAGEBENCH_MATRIX": "00_sdpa",
-        "STAGEBENCH_WORKLOAD": '{"seq_len": 64, "warmup_steps": 2, "min_steps": 8, '
-        '"max_steps": 12}',
-    }
-    (tmp_path / "home").mkdir()
+    env = bench_env(tmp_path / "home", STAGEBENCH_ASV_MACHINE="bisect-test")
     done = subprocess.run(
         [sys.executable, "-m", "nox", "-s", "bisect", "--", first, last, BENCHMARK],
         cwd=repo,

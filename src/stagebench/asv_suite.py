@@ -10,7 +10,7 @@ Configuration comes from the environment so the same suite serves a GPU nightly 
     STAGEBENCH_WORKLOAD  JSON object of Workload overrides, e.g. '{"seq_len": 128}'
     STAGEBENCH_MATRIX    named matrix or comma-separated stages (default: seed + cpu matrices)
     STAGEBENCH_STORE     JSON Lines file every Result is also appended to
-                         (default: .asv/stagebench/results.jsonl beside asv.conf.json)
+                         (default: .asv/stagebench/results.jsonl in the project root)
     STAGEBENCH_DEVICE    cuda or cpu (default: cuda where NVML sees a GPU)
 """
 
@@ -76,15 +76,14 @@ def bench_stages() -> list[stages.Stage]:
     return list(dict.fromkeys(stages.resolve(n) for n in names))
 
 
-def store_path() -> Path:
+def store_path(root: Path) -> Path:
+    """Anchored to the project root: asv runs benchmarks in a temporary working directory and
+    passes ASV_CONF_DIR only to build commands."""
     explicit = os.environ.get("STAGEBENCH_STORE")
-    if explicit:
-        return Path(explicit)
-    root = Path(os.environ.get("ASV_CONF_DIR") or ".")
-    return root / ".asv" / "stagebench" / "results.jsonl"
+    return Path(explicit) if explicit else root / ".asv" / "stagebench" / "results.jsonl"
 
 
-def measure(stage: stages.Stage) -> dict[str, Any]:
+def measure(stage: stages.Stage, store: Path) -> dict[str, Any]:
     """Run one stage for asv; the sdpa reference first if this workload has none stored yet."""
     import torch
 
@@ -96,7 +95,6 @@ def measure(stage: stages.Stage) -> dict[str, Any]:
         reason = unavailable_reason(stage, torch.device("cpu"))
         if reason:
             return {"status": "unavailable", "reason": reason}
-    store = store_path()
     if not stage.is_reference and find_reference(results.load(store), workload) is None:
         run_matrix([stages.resolve(stages.REFERENCE_SPEC)], workload, store=store)
     (result,) = run_matrix([stage], workload, store=store)
@@ -124,9 +122,9 @@ def _own_module(func: Callable, stage: stages.Stage, package: str) -> Callable:
     return clone
 
 
-def _make_class(stage: stages.Stage, package: str) -> type:
+def _make_class(stage: stages.Stage, package: str, store: Path) -> type:
     def setup_cache(self) -> dict[str, Any]:
-        return measure(stage)
+        return measure(stage, store)
 
     def setup(self, result: dict[str, Any]) -> None:
         if result["status"] == "unavailable":
@@ -163,6 +161,7 @@ def _make_class(stage: stages.Stage, package: str) -> type:
     return type(_class_name(stage), (), body)
 
 
-def stage_benchmarks(package: str = "stages") -> dict[str, type]:
-    """{class name: asv benchmark class} for every bench stage."""
-    return {_class_name(s): _make_class(s, package) for s in bench_stages()}
+def stage_benchmarks(package: str, root: Path) -> dict[str, type]:
+    """{class name: asv benchmark class} for every bench stage; `root` is the project root."""
+    store = store_path(root)
+    return {_class_name(s): _make_class(s, package, store) for s in bench_stages()}

@@ -67,6 +67,11 @@ def build_parser() -> Parser:
     lst.add_argument("--device", choices=["cuda", "cpu"])
     envp = sub.add_parser("env", help="versions, CUDA, driver, GPU, clocks, host")
     envp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    reg = sub.add_parser("regressions", help="regressions in asv's result history (exit 1 if any)")
+    reg.add_argument("--results", type=Path, default=Path(".asv/results"), metavar="DIR")
+    reg.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    reg.add_argument("--machine", help="one machine's results (default: every machine)")
+    reg.add_argument("--benchmark", metavar="REGEX", help="only benchmarks whose name matches")
     return parser
 
 
@@ -216,6 +221,22 @@ def _env(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _regressions(args: argparse.Namespace) -> int:
+    try:
+        from stagebench import regress
+    except ModuleNotFoundError as exc:
+        if exc.name != "asv":
+            raise
+        raise BadInput("regressions reads asv's results and needs asv: pip install asv") from None
+    try:
+        report = regress.check(args.results, machine=args.machine, benchmark=args.benchmark)
+    except regress.RegressError as exc:
+        raise BadInput(str(exc)) from None
+    # print, not rich: markdown's brackets and backticks must reach the job summary as written
+    print(regress.to_json(report) if args.format == "json" else regress.to_markdown(report))
+    return 1 if report.regressions else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # A pipe or CI log is not 80 columns wide; don't squeeze the table into it.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -228,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(resolve_stages(names), args, console)
         if args.command == "list":
             return _list(args, console)
+        if args.command == "regressions":
+            return _regressions(args)
         return _env(args, console)
     except BadInput as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)
