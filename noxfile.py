@@ -136,6 +136,16 @@ def publish(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend=BACKEND)
+def compare(session: nox.Session) -> None:
+    """`nox -s compare -- BEFORE AFTER`: two commits of .asv/results, or two JSONL result files;
+    a markdown table (for a job summary); fails on a significant regression."""
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s compare -- BEFORE AFTER [stagebench compare options]")
+    _install(session, "dev")
+    session.run("stagebench", "compare", *session.posargs)
+
+
+@nox.session(venv_backend=BACKEND)
 def bisect(session: nox.Session) -> None:
     """`nox -s bisect -- GOOD BAD BENCHMARK`: asv find between two commits for one benchmark.
 

@@ -72,6 +72,14 @@ def build_parser() -> Parser:
     reg.add_argument("--format", choices=["markdown", "json"], default="markdown")
     reg.add_argument("--machine", help="one machine's results (default: every machine)")
     reg.add_argument("--benchmark", metavar="REGEX", help="only benchmarks whose name matches")
+    cmp = sub.add_parser(
+        "compare", help="two commits (asv history) or two JSONL result sets (exit 1 if worse)"
+    )
+    cmp.add_argument("before", help="commit (hash prefix) or JSONL file")
+    cmp.add_argument("after", help="commit (hash prefix) or JSONL file")
+    cmp.add_argument("--results", type=Path, default=Path(".asv/results"), metavar="DIR")
+    cmp.add_argument("--machine", help="one machine's results (default: every machine)")
+    cmp.add_argument("--format", choices=["markdown", "json"], default="markdown")
     return parser
 
 
@@ -221,13 +229,17 @@ def _env(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _regressions(args: argparse.Namespace) -> int:
+def _needs_asv(command: str) -> None:
     try:
-        from stagebench import regress
-    except ModuleNotFoundError as exc:
-        if exc.name != "asv":
-            raise
-        raise BadInput("regressions reads asv's results and needs asv: pip install asv") from None
+        import asv  # noqa: F401
+    except ModuleNotFoundError:
+        raise BadInput(f"{command} reads asv's results and needs asv: pip install asv") from None
+
+
+def _regressions(args: argparse.Namespace) -> int:
+    _needs_asv("regressions")
+    from stagebench import regress
+
     try:
         report = regress.check(args.results, machine=args.machine, benchmark=args.benchmark)
     except regress.RegressError as exc:
@@ -235,6 +247,27 @@ def _regressions(args: argparse.Namespace) -> int:
     # print, not rich: markdown's brackets and backticks must reach the job summary as written
     print(regress.to_json(report) if args.format == "json" else regress.to_markdown(report))
     return 1 if report.regressions else 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    _needs_asv("compare")
+    from stagebench import compare, regress
+
+    files = [Path(args.before), Path(args.after)]
+    try:
+        if all(f.is_file() for f in files):
+            rows = compare.result_sets(*files)
+        else:
+            rows = compare.commits(args.results, args.before, args.after, machine=args.machine)
+    except regress.RegressError as exc:
+        raise BadInput(str(exc)) from None
+    text = (
+        compare.to_json(rows)
+        if args.format == "json"
+        else compare.to_markdown(rows, args.before, args.after)
+    )
+    print(text)
+    return 1 if any(r.verdict == "regressed" for r in rows) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list(args, console)
         if args.command == "regressions":
             return _regressions(args)
+        if args.command == "compare":
+            return _compare(args)
         return _env(args, console)
     except BadInput as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)
