@@ -54,14 +54,6 @@ def _check_sdpa(part: str):
     return check
 
 
-def _not_yet(device: torch.device) -> str | None:
-    return "not implemented yet"
-
-
-def _unreachable(model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
-    raise AssertionError("apply() called on an optimization whose check() failed")
-
-
 # --- FlashAttention 2: the flash_attn package, else the hub kernel --------------------------------
 FA2_HUB = "kernels-community/flash-attn"
 FA3_HUB = "kernels-community/flash-attn3"  # what the seed ran

@@ -1,0 +1,5 @@
+"""stagebench's RMSNorm kernel, CPU build: pure PyTorch with a hand-written backward."""
+
+from . import layers
+
+__all__ = ["layers"]
