@@ -35,7 +35,7 @@ def make_result(stage, status, metrics=None, wall_time_s=None, reason=None) -> R
 OK = make_result("00_sdpa", "ok", make_metrics(), wall_time_s=123.46)
 OOM = make_result("00_baseline", "oom", None, wall_time_s=12.0, reason="CUDA out of memory")
 CPU = make_result("00_fa2", "ok", make_metrics(peak_reserved_gib=None, seed_mfu_pct=None))
-UNAVAILABLE = make_result("02_liger_sdpa", "unavailable", reason="liger: not implemented yet")
+UNAVAILABLE = make_result("02_liger_sdpa", "unavailable", reason="liger: needs CUDA")
 
 
 def render(table) -> str:
@@ -84,7 +84,7 @@ def test_reasons_lists_only_non_ok_rows():
     """Only stages that did not end ok get a reason line, each with its status and why."""
     assert reasons([OK, OOM, CPU, UNAVAILABLE]) == [
         "00_baseline: oom: CUDA out of memory",
-        "02_liger_sdpa: unavailable: liger: not implemented yet",
+        "02_liger_sdpa: unavailable: liger: needs CUDA",
     ]
     assert reasons([OK, CPU]) == []
 

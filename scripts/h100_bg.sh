@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Long GPU verifications on a host whose single command is time-limited: start a job detached,
+# then poll it from later commands; every poll copies the job's files to OUTDIR.
+# Usage: scripts/h100_bg.sh setup
+#        scripts/h100_bg.sh start NAME COMMAND        (one string; runs detached in the project
+#                                                     root with $JOB = a directory for its files)
+#        scripts/h100_bg.sh wait NAME SECONDS OUTDIR  (exit 0 done, 3 still running)
+set -uo pipefail
+state=/tmp/stagebench-bg
+mkdir -p "$state"
+env_file=$state/env.sh
+
+case $1 in
+  setup)
+    if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    fi
+    # The tree arrives without git metadata; asv needs a repository to date its results.
+    if ! git rev-parse HEAD >/dev/null 2>&1; then
+      git init -q -b main && git add -A && git -c user.email=bench@example.invalid \
+        -c user.name=bench commit -qm "verification snapshot"
+    fi
+    cat > "$env_file" <<ENV
+export PYTHONPATH=$PWD/src:/tmp/site PATH=/tmp/site/bin:\$PATH PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 STAGEBENCH_NOX_REUSE_SYSTEM=1 STAGEBENCH_ASV_MACHINE=h100
+ENV
+    ;;
+  start)
+    name=$2; shift 2
+    rm -rf "${state:?}/$name" "$state/$name".*
+    mkdir -p "$state/$name"
+    # setsid: the job outlives this command; the host keeps it until the machine goes back.
+    setsid bash -c "source '$env_file'; export JOB='$state/$name'; start=\$(date +%s.%N); $*; rc=\$?; \
+      echo \"\$rc \$(echo \"\$(date +%s.%N) - \$start\" | bc)\" > '$state/$name.done'" \
+      > "$state/$name.log" 2>&1 < /dev/null &
+    echo "started $name"
+    ;;
+  wait)
+    name=$2; limit=$3; out=$4
+    for ((i = 0; i < limit; i += 5)); do
+      [ -f "$state/$name.done" ] && break
+      sleep 5
+    done
+    mkdir -p "$out"
+    cp "$state/$name".* "$out/" 2>/dev/null
+    tar -czf "$out/$name-files.tgz" -C "$state" "$name"
+    tail -n 25 "$state/$name.log"
+    if [ -f "$state/$name.done" ]; then
+      echo "done $name: exit, seconds = $(cat "$state/$name.done")"
+      exit 0
+    fi
+    echo "running $name"
+    exit 3
+    ;;
+esac
