@@ -21,6 +21,7 @@ case $1 in
       git init -q -b main && git add -A && git -c user.email=bench@example.invalid \
         -c user.name=bench commit -qm "verification snapshot"
     fi
+    git checkout -q -B main  # asv.conf.json names main
     cat > "$env_file" <<ENV
 export PYTHONPATH=$PWD/src:/tmp/site PATH=/tmp/site/bin:\$PATH PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 STAGEBENCH_NOX_REUSE_SYSTEM=1 STAGEBENCH_ASV_MACHINE=h100
@@ -31,8 +32,8 @@ ENV
     rm -rf "${state:?}/$name" "$state/$name".*
     mkdir -p "$state/$name"
     # setsid: the job outlives this command; the host keeps it until the machine goes back.
-    setsid bash -c "source '$env_file'; export JOB='$state/$name'; start=\$(date +%s.%N); $*; rc=\$?; \
-      echo \"\$rc \$(echo \"\$(date +%s.%N) - \$start\" | bc)\" > '$state/$name.done'" \
+    setsid bash -c "source '$env_file'; export JOB='$state/$name'; $*; rc=\$?; \
+      echo \"\$rc \$SECONDS\" > '$state/$name.done'" \
       > "$state/$name.log" 2>&1 < /dev/null &
     echo "started $name"
     ;;
