@@ -22,6 +22,13 @@ case $1 in
         -c user.name=bench commit -qm "verification snapshot"
     fi
     git checkout -q -B main  # asv.conf.json names main
+    # asv runs benchmarks without PYTHONPATH: make the wheels and the source tree part of the
+    # interpreter itself, as an installed package would be, and give it its console script.
+    site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    printf '%s\n' /tmp/site "$PWD/src" > "$site/stagebench-verify.pth"
+    mkdir -p /tmp/site/bin
+    printf '#!/bin/sh\nexec python3 -m stagebench.cli "$@"\n' > /tmp/site/bin/stagebench
+    chmod +x /tmp/site/bin/stagebench
     cat > "$env_file" <<ENV
 export PYTHONPATH=$PWD/src:/tmp/site PATH=/tmp/site/bin:\$PATH PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 STAGEBENCH_NOX_REUSE_SYSTEM=1 STAGEBENCH_ASV_MACHINE=h100
