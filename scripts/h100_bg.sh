@@ -16,12 +16,12 @@ case $1 in
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
     fi
-    # The tree arrives without git metadata; asv needs a repository to date its results.
-    if ! git rev-parse HEAD >/dev/null 2>&1; then
-      git init -q -b main && git add -A && git -c user.email=bench@example.invalid \
-        -c user.name=bench commit -qm "verification snapshot"
-    fi
-    git checkout -q -B main  # asv.conf.json names main
+    # The tree arrives without usable git metadata; asv needs a repository to date its results,
+    # so the tree as sent is committed as a snapshot (on main, the branch asv.conf.json names).
+    git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+    git checkout -q -B main
+    git add -A && git -c user.email=bench@example.invalid -c user.name=bench \
+      commit -q --allow-empty -m "verification snapshot"
     # asv runs benchmarks without PYTHONPATH: make the wheels and the source tree part of the
     # interpreter itself, as an installed package would be, and give it its console script.
     site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
