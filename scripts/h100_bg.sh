@@ -30,7 +30,7 @@ case $1 in
     printf '#!/bin/sh\nexec python3 -m stagebench.cli "$@"\n' > /tmp/site/bin/stagebench
     chmod +x /tmp/site/bin/stagebench
     cat > "$env_file" <<ENV
-export PYTHONPATH=$PWD/src:/tmp/site PATH=/tmp/site/bin:\$PATH PYTHONUNBUFFERED=1
+export PATH=/tmp/site/bin:\$PATH PYTHONUNBUFFERED=1  # no PYTHONPATH: asv strips its entries
 export HF_HUB_OFFLINE=1 STAGEBENCH_NOX_REUSE_SYSTEM=1 STAGEBENCH_ASV_MACHINE=h100
 ENV
     ;;
