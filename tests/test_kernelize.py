@@ -16,7 +16,6 @@ from stagebench.models import build_model
 from stagebench.optim import StageContext
 from stagebench.optim import kernelize as kz
 from stagebench.runner import run_stage
-from stagebench.workload import Workload
 
 kernels = pytest.importorskip(
     "kernels", reason="kernels not installed (pip install stagebench[gpu])"
@@ -246,17 +245,8 @@ def test_model_without_rmsnorm_is_unavailable(offline):
         optim.registry()["kernelize"].apply(torch.nn.Sequential(torch.nn.Linear(2, 2)), ctx)
 
 
-def test_run_stage_sdpa_kernelize_on_tiny(offline):
-    workload = Workload(
-        model="tiny",
-        device="cpu",
-        dtype="float32",
-        batch_size=2,
-        seq_len=64,
-        warmup_steps=2,
-        min_steps=5,
-        max_steps=8,
-    )
+def test_run_stage_sdpa_kernelize_on_tiny(offline, tiny_workload):
+    workload = tiny_workload
     plain = run_stage(stages.resolve("sdpa"), workload)
     m = run_stage(stages.resolve("sdpa+kernelize"), workload)
     note = m.notes["kernelize"]
@@ -266,4 +256,4 @@ def test_run_stage_sdpa_kernelize_on_tiny(offline):
     # Same weights, same data: the kernel changes nothing the loss can see.
     assert m.loss_first == pytest.approx(plain.loss_first, rel=1e-6)
     assert m.grad_norm_first == pytest.approx(plain.grad_norm_first, rel=1e-4)
-    assert 5 <= m.measured_steps <= 8
+    assert workload.min_steps <= m.measured_steps <= workload.max_steps

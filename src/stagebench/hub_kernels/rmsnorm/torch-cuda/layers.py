@@ -4,7 +4,8 @@ kernels keeps the replaced module's own state, so this class only reads `weight`
 `variance_epsilon` (the Llama/Qwen RMSNorm attributes) and may not define anything but `forward`
 and the two capability flags. CUDA tensors go through Liger's Triton RMSNorm (what the hub's
 liger-kernels LigerRMSNorm runs); any other tensor through the CPU build's PyTorch function, so
-a CUDA install can still run a CPU model.
+a CUDA install can still run a CPU model. That function is repeated from the torch-cpu build on
+purpose: kernels loads each build variant as a separate, self-contained package.
 """
 
 import torch
