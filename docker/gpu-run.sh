@@ -17,7 +17,9 @@ mkdir -p "$workspace/.asv/results" "$cache_root/inductor" "$cache_root/huggingfa
 
 # Runs as the caller's uid so files written into the checkout stay removable by the runner.
 # PYTHONPATH puts the checkout's stagebench ahead of the copy baked into the image, whose
-# tag only follows docker/Dockerfile and the lock.
+# tag only follows docker/Dockerfile and the lock. asv removes PYTHONPATH's entries from its
+# benchmark processes and adds ASV_PYTHONPATH's instead, so both are set. The full Results
+# (status words, reasons) are stored beside asv's results, which the nightly keeps.
 exec docker run --rm --init \
     --gpus all \
     --shm-size 16g \
@@ -25,6 +27,8 @@ exec docker run --rm --init \
     --user "$(id -u):$(id -g)" \
     --env HOME=/tmp \
     --env PYTHONPATH=/workspace/src \
+    --env ASV_PYTHONPATH=/workspace/src \
+    --env STAGEBENCH_STORE=/workspace/.asv/results/stagebench-results.jsonl \
     --env STAGEBENCH_NOX_REUSE_SYSTEM=1 \
     --env STAGEBENCH_TRUSTED_HUB_ORGS=kernels-community \
     --env HF_HUB_DISABLE_TELEMETRY=1 \

@@ -449,3 +449,13 @@ def test_issue_body_without_commit_range_falls_back(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| t |" in out
     assert "nox -s bisect -- <good> <bad> <benchmark>" in out
+
+
+def test_container_runs_the_checkouts_code_under_asv_too():
+    """asv strips PYTHONPATH entries from its benchmark processes; ASV_PYTHONPATH is asv's own
+    way in. Without it the nightly would measure the stagebench baked into the image."""
+    script = (ROOT / "docker" / "gpu-run.sh").read_text()
+    assert "--env PYTHONPATH=/workspace/src" in script
+    assert "--env ASV_PYTHONPATH=/workspace/src" in script
+    # The full Results travel with asv's results to the results branch.
+    assert "--env STAGEBENCH_STORE=/workspace/.asv/results/" in script
