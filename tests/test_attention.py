@@ -21,12 +21,10 @@ def test_gpu_attention_needs_cuda(part):
 
 def test_fa2_without_package_or_hub_says_both(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.offline_reason.cache_clear()
     impl, why = attention._fa2_source()
     assert impl is None
     assert "flash_attn not installed" in why
     assert "kernels-community/flash-attn" in why and "HF_HUB_OFFLINE" in why
-    hub.offline_reason.cache_clear()
 
 
 def test_untrusted_hub_org_is_refused(monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stagebench import optim, stages
+from stagebench import hub, optim, stages
 from stagebench.models import build_model
 from stagebench.optim import StageContext
 from stagebench.optim import kernelize as kz
@@ -72,7 +72,7 @@ def test_env_var_decides_offline_before_any_probe(monkeypatch: pytest.MonkeyPatc
     def no_probe(*args, **kwargs):
         raise AssertionError("the hub was probed although the environment says offline")
 
-    monkeypatch.setattr(kz, "probe_hub", no_probe)
+    monkeypatch.setattr(hub, "probe", no_probe)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     mapping, source, offline = kz.choose_source(kernels, "cuda")
     assert offline == "HF_HUB_OFFLINE=1"
@@ -106,10 +106,10 @@ def local_hub():
 
 
 def test_probe_tells_an_answering_hub_from_a_dead_one(local_hub, monkeypatch: pytest.MonkeyPatch):
-    kz.probe_hub.cache_clear()
-    assert kz.probe_hub(local_hub, 2.0) is None
+    hub.probe.cache_clear()
+    assert hub.probe(local_hub, 2.0) is None
     dead = "http://127.0.0.1:9"  # the discard port: nothing listens there
-    assert kz.probe_hub(dead, 1.0).startswith("hub not reachable within 1 s")
+    assert hub.probe(dead, 1.0).startswith("hub not reachable within 1 s")
     # An answering hub with a CUDA kernel in the mapping: the hub is the source.
     from huggingface_hub import constants
 
@@ -120,7 +120,12 @@ def test_probe_tells_an_answering_hub_from_a_dead_one(local_hub, monkeypatch: py
     assert offline is None
     assert source.startswith("hub: kernels-community/liger-kernels (transformers'")
     assert "RMSNorm" in mapping
-    kz.probe_hub.cache_clear()
+    # The same answering hub, but its organisation is not trusted here: the local copy is used.
+    monkeypatch.setenv("STAGEBENCH_TRUSTED_HUB_ORGS", "someone-else")
+    _, source, offline = kz.choose_source(kernels, "cuda")
+    assert offline.startswith("hub org 'kernels-community' is not trusted")
+    assert source.startswith("local: stagebench/hub_kernels/rmsnorm (hub org")
+    hub.probe.cache_clear()
 
 
 def _apply(model, spec: str = "sdpa+kernelize") -> StageContext:

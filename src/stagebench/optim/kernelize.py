@@ -22,13 +22,9 @@ them at teardown; the kernel mapping is scoped to the stage with ``use_kernel_ma
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import inspect
 import logging
-import os
-import urllib.error
-import urllib.request
 import warnings
 from collections import Counter
 from importlib import metadata
@@ -37,6 +33,7 @@ from typing import Any
 
 import torch
 
+from stagebench import hub
 from stagebench.optim import Optimization, StageContext, Unavailable
 
 LAYER = "RMSNorm"  # the kernel layer name transformers gives its Llama-style RMSNorm classes
@@ -47,42 +44,9 @@ LOCAL_LABEL = f"stagebench/hub_kernels/{LOCAL_NAME}"
 HUB_REPO_ID = "kernels-community/liger-kernels"
 HUB_LAYER = "LigerRMSNorm"
 HUB_VERSION = 3
-HUB_PROBE_TIMEOUT_S = 3.0
 DEVICES = ("cpu", "cuda")  # the builds the local repository ships
 INSTALL_HINT = "pip install stagebench[gpu]"
-_TRUE = {"1", "ON", "YES", "TRUE"}
 _MARKS = ("kernel_layer_name", "kernel_condition")
-
-
-def env_offline_reason() -> str | None:
-    """The variable that puts the hub offline, as huggingface_hub reads them; None if none does."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        value = os.environ.get(var, "")
-        if value.upper() in _TRUE:
-            return f"{var}={value}"
-    return None
-
-
-def hub_endpoint() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
-    except Exception:
-        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-@functools.lru_cache(maxsize=4)
-def probe_hub(endpoint: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """None when the hub answers within timeout_s, else why not; asked once per process."""
-    request = urllib.request.Request(f"{endpoint.rstrip('/')}/api/models?limit=1", method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError:
-        return None  # an error status is still an answer from the hub
-    except Exception as exc:  # refused, unresolvable, timed out, proxy tunnel refused ...
-        return f"hub not reachable within {timeout_s:g} s: {getattr(exc, 'reason', exc)}"
 
 
 def _has_liger() -> bool:
@@ -103,7 +67,7 @@ def check(device: torch.device) -> str | None:
         return f"no RMSNorm kernel for {device.type} (local builds: {', '.join(DEVICES)})"
     if not LOCAL_REPO.is_dir():
         return f"{LOCAL_LABEL} is missing from this install"
-    if device.type == "cuda" and env_offline_reason() and not _has_liger():
+    if device.type == "cuda" and hub.env_offline_reason() and not _has_liger():
         return (
             f"liger-kernel not installed: the local CUDA RMSNorm kernel needs it ({INSTALL_HINT})"
         )
@@ -190,15 +154,17 @@ def _local_mapping(kernels: Any, device_type: str) -> dict:
 
 
 def choose_source(kernels: Any, device_type: str) -> tuple[dict, str, str | None]:
-    """(mapping, source note, why offline): env var first, then the mapping, then a probe."""
-    reason = env_offline_reason()
+    """(mapping, source note, why offline): env var first, then the mapping and its trust,
+    then a probe."""
+    reason = hub.env_offline_reason()
     if reason is None:
         mapping, origin = _hub_mapping(kernels)
         entry = _device_entry(mapping.get(LAYER, {}), device_type)
         if entry is None:
             reason = f"the hub mapping has no {LAYER} kernel for {device_type}"
         else:
-            reason = probe_hub(hub_endpoint())
+            untrusted = [hub.untrusted_reason(r) for r in _repo_ids(entry).split(", ")]
+            reason = next(filter(None, untrusted), None) or hub.offline_reason()
             if reason is None:
                 return mapping, f"hub: {_repo_ids(entry)} ({origin})", None
     return _local_mapping(kernels, device_type), f"local: {LOCAL_LABEL} ({reason})", reason
