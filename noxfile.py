@@ -114,11 +114,6 @@ def _asv_machine(session: nox.Session) -> str:
     return machine
 
 
-def _has_cuda() -> bool:
-    """Whether this machine has an NVIDIA driver (checked without importing torch)."""
-    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
-
-
 @nox.session(venv_backend=BACKEND)
 def bench(session: nox.Session) -> None:
     """The main job: asv on this commit (seed matrix on qwen3-8b with a GPU, `tiny` on a CPU),

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,9 +95,7 @@ def child_main(job_path: str, result_path: str) -> int:
     except BaseException as exc:  # everything becomes a status; nothing escapes
         status, reason = classify(exc)
         result = Result(status=status, reason=reason, **base)
-        import traceback
-
-        traceback.print_exc()
+        traceback.print_exc()  # into the child's log, whose tail a failed Result carries
     result.env = env.collect()
     _write_atomically(Path(result_path), json.dumps(result.to_dict()))
     return 0
