@@ -7,7 +7,7 @@ import torch
 
 from stagebench import stages
 from stagebench.models import build_model
-from stagebench.optim import StageContext, Unavailable, cce, hf_loss
+from stagebench.optim import StageContext, Unavailable, cce, training_loss
 from stagebench.runner import run_stage
 
 CPU = torch.device("cpu")
@@ -21,11 +21,11 @@ def _tiny():
 def test_cce_head_matches_the_hf_head_in_loss_and_gradients():
     ids = torch.randint(0, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
     reference, model = _tiny(), _tiny()
-    ref_loss = hf_loss(reference, ids, ids)
+    ref_loss = training_loss(reference, ids, ids)
     ref_loss.backward()
     ctx = StageContext(stages.resolve("sdpa+cce"), CPU, torch.float32)
     cce.apply(model, ctx)
-    loss = ctx.loss_fn(model, ids, ids)
+    loss = training_loss(model, ids, ids)
     loss.backward()
     assert ctx.loss_head == "cce (torch_compile)"
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stagebench import results
-from stagebench.results import Metrics, Result
+from stagebench.results import DistributedMetrics, Metrics, Result
 
 
 def make_metrics(**overrides) -> Metrics:
@@ -60,13 +60,36 @@ def test_unknown_status_raises():
         make_result(status="okay")
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1"])
+@pytest.mark.parametrize("version", [0, 3, None, "1"])
 def test_wrong_schema_version_raises(version):
     """Rows from another schema must not be read as if they meant the same thing."""
     data = make_result().to_dict()
     data["schema_version"] = version
     with pytest.raises(ValueError, match="schema"):
         Result.from_dict(data)
+
+
+def test_a_distributed_result_round_trips():
+    dist = DistributedMetrics(
+        nproc=2, backend="nccl", sharding="FSDP2", tokens_per_s_per_gpu=6800.0,
+        step_time_ms_median_per_rank=[301.0, 300.5], peak_allocated_gib_per_rank=[40.0, 39.5],
+        peak_reserved_gib_per_rank=[44.0, 43.0], comm_busy_pct=12.5, comm_exposed_pct=1.5,
+        comm_source="profiler: NCCL kernels vs compute",
+    )  # fmt: skip
+    original = make_result(metrics=make_metrics(distributed=dist))
+    back = Result.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert back == original
+    assert isinstance(back.metrics.distributed, DistributedMetrics)
+
+
+def test_a_version_1_line_still_loads():
+    """Stores written before multi-process runs existed stay readable: v1 lacks only that field."""
+    data = make_result(metrics=make_metrics()).to_dict()
+    data["schema_version"] = 1
+    del data["metrics"]["distributed"]
+    back = Result.from_dict(data)
+    assert back.metrics.distributed is None
+    assert back.schema_version == results.SCHEMA_VERSION
 
 
 def test_unknown_field_raises():

@@ -45,6 +45,11 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per stage")
     g.add_argument("--peak-tflops", type=float, help="device peak for MFU, overrides the table")
     g.add_argument("--compile-cache", help="inductor cache directory (reused across runs)")
+    g.add_argument(
+        "--nproc",
+        type=int,
+        help="processes (one per GPU) launched by torchrun, the model sharded with FSDP2",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--jsonl", type=Path, help="append every Result to this JSON Lines file")
     o.add_argument("--log-dir", type=Path, help="keep each stage's child log here")
@@ -111,6 +116,7 @@ def workload_from(args: argparse.Namespace) -> Workload:
         "timeout_s",
         "peak_tflops",
         "compile_cache",
+        "nproc",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -162,10 +168,11 @@ def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Cons
 
     workload = workload_from(args)
     _check_writable(args.jsonl)
+    ranks = f", FSDP2 over {workload.nproc} processes" if workload.nproc else ""
     console.print(
         f"stagebench {__version__}: {len(stage_list)} stage(s) on {workload.model} "
         f"({workload.device}, {workload.dtype}, batch {workload.batch_size} x seq "
-        f"{workload.seq_len})",
+        f"{workload.seq_len}{' per rank' if ranks else ''}{ranks})",
         highlight=False,
     )
     columns = (

@@ -74,6 +74,15 @@ def gpu_info() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
+def visible_gpu_count() -> int:
+    """GPUs a CUDA program here would see, without initialising CUDA (NVML, then the mask)."""
+    count = gpu_info().get("gpu_count") or 0
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        count = min(count, len([d for d in mask.split(",") if d.strip()]))
+    return count
+
+
 def torch_info() -> dict[str, Any]:
     import torch
 

@@ -4,6 +4,12 @@ The child measures and writes its Result (it knows an OOM from a compile error f
 package); the parent only sees what the child could not say: a timeout, a signal, an exit code.
 Every process the child started (inductor compile workers ...) shares its session and is killed
 with it, so no orphan keeps a GPU busy.
+
+With `Workload.nproc` the child is torchrun (through launch.py) and every rank writes a Result
+of its own. torchrun starts each worker in a session of its own, so workers also leave their pid
+here and the parent kills their sessions too. When ranks fail, the root cause is reported: a rank
+whose collective broke because a peer died raises a generic error, the peer's own failure (an
+OOM, a compile error, a signal) is the cause; among equals, the earliest.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from stagebench import env, stages
+from stagebench import distributed, env, stages
 from stagebench.optim import Unavailable
 from stagebench.results import Metrics, Result
 from stagebench.runner import StageUnavailable
@@ -76,11 +82,18 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _rank_file(result_path: Path, rank: int, kind: str) -> Path:
+    return result_path.with_name(f"{kind}.rank{rank}.json")
+
+
 def child_main(job_path: str, result_path: str) -> int:
-    """Inside the child: measure, classify any exception, write the Result."""
+    """Inside the child (or one rank of it): measure, classify any exception, write the Result."""
     job = json.loads(Path(job_path).read_text())
     stage = stages.resolve(job["stage"])
     workload = Workload.from_dict(job["workload"])
+    rank = distributed.current() if workload.nproc else None
+    if rank:
+        _rank_file(Path(result_path), rank.rank, "pid").write_text(str(os.getpid()))
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     base = dict(
         stage=stage.name,
@@ -96,9 +109,14 @@ def child_main(job_path: str, result_path: str) -> int:
         status, reason = classify(exc)
         result = Result(status=status, reason=reason, **base)
         traceback.print_exc()  # into the child's log, whose tail a failed Result carries
+    failed_at = time.time()
     result.env = env.collect()
-    _write_atomically(Path(result_path), json.dumps(result.to_dict()))
-    return 0
+    if rank is None:
+        _write_atomically(Path(result_path), json.dumps(result.to_dict()))
+        return 0
+    rank_result = {"rank": rank.rank, "time": failed_at, "result": result.to_dict()}
+    _write_atomically(_rank_file(Path(result_path), rank.rank, "result"), json.dumps(rank_result))
+    return 0 if result.status == "ok" else 1  # a rank that stops must end torchrun's job
 
 
 def _tail(log: Path) -> str:
@@ -135,6 +153,81 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code} without a result"
 
 
+def _command(job_path: Path, result_path: Path, nproc: int | None) -> list[str]:
+    child = ["-m", "stagebench.isolate", str(job_path), str(result_path)]
+    if nproc is None:
+        return [sys.executable, *child]
+    report = result_path.with_name("torchrun-failures.json")
+    torchrun = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0"]
+    return [sys.executable, "-m", "stagebench.launch", str(report), *torchrun, *child]
+
+
+def _kill_workers(tmp: Path) -> None:
+    """torchrun gives each worker a session of its own: end those too (and their children)."""
+    for pid_file in tmp.glob("pid.rank*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            _kill_group(int(pid_file.read_text()))
+
+
+def _crash_reason(info: dict) -> str:
+    code = info.get("exitcode", 0)
+    return _describe_exit(code) if code < 0 else f"exit code {code} without a result"
+
+
+def root_cause(tmp: Path, nproc: int) -> tuple[int, Result] | None:
+    """The rank whose failure ended a multi-process stage, from the ranks' own Results and
+    torchrun's record of ranks that died without one (see the module docstring)."""
+    written: dict[int, tuple[float, Result]] = {}
+    for path in tmp.glob("result.rank*.json"):
+        data = json.loads(path.read_text())
+        written[data["rank"]] = (data["time"], Result.from_dict(data["result"]))
+    candidates = [(t, rank, r) for rank, (t, r) in written.items() if r.status != "ok"]
+    report = tmp / "torchrun-failures.json"
+    if report.exists():
+        for rank_text, info in json.loads(report.read_text()).items():
+            rank = int(rank_text)
+            if rank not in written and rank < nproc:
+                crashed = Result(
+                    status="crashed",
+                    reason=_crash_reason(info),
+                    stage="",
+                    spec="",
+                    model="",
+                    workload={},
+                )
+                candidates.append((float(info.get("timestamp", 0)), rank, crashed))
+    if not candidates:
+        return None
+    _, rank, result = min(candidates, key=lambda c: (c[2].status == "error", c[0]))
+    return rank, result
+
+
+def _merged(tmp: Path, result_path: Path, nproc: int | None, base: dict) -> Result | None:
+    """The Result a finished child left: its own, or its ranks' merged; None if it left none."""
+    if nproc is None:
+        if not result_path.exists():
+            return None
+        return Result.from_dict(json.loads(result_path.read_text()))
+    cause = root_cause(tmp, nproc)
+    if cause is not None:
+        rank, failed = cause
+        fields = {**base, "status": failed.status, "env": failed.env}
+        return Result(reason=f"rank {rank} of {nproc}: {failed.reason}", **fields)
+    main = tmp / "result.rank0.json"
+    if not main.exists():
+        return None
+    return Result.from_dict(json.loads(main.read_text())["result"])
+
+
+def _gpus_missing(workload: Workload) -> str | None:
+    if workload.nproc is None or workload.device != "cuda":
+        return None
+    visible = env.visible_gpu_count()
+    if visible < workload.nproc:
+        return f"needs {workload.nproc} GPUs, {visible} visible"
+    return None
+
+
 def run_isolated(
     stage: stages.Stage,
     workload: Workload,
@@ -143,13 +236,24 @@ def run_isolated(
     log_dir: Path | None = None,
 ) -> Result:
     """Run `stage` in a child process; always returns a Result, never raises for the stage."""
-    with tempfile.TemporaryDirectory(prefix="stagebench-") as tmp:
-        job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        log = (log_dir or Path(tmp)) / f"{stage.name.replace('+', '_')}.log"
+    base = dict(
+        stage=stage.name,
+        spec=stage.spec,
+        model=workload.model,
+        workload=workload.to_dict(),
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    missing = _gpus_missing(workload)
+    if missing:  # known without starting anything
+        return Result(status="unavailable", reason=missing, env=env.collect(), **base)
+    with tempfile.TemporaryDirectory(prefix="stagebench-") as tmp_name:
+        tmp = Path(tmp_name)
+        job_path, result_path = tmp / "job.json", tmp / "result.json"
+        log = (log_dir or tmp) / f"{stage.name.replace('+', '_')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         job = {"stage": stage.name, "workload": workload.to_dict(), "entry": entry}
         job_path.write_text(json.dumps(job))
-        cmd = [sys.executable, "-m", "stagebench.isolate", str(job_path), str(result_path)]
+        cmd = _command(job_path, result_path, workload.nproc)
         t0 = time.perf_counter()
         with log.open("w") as log_file:
             proc = subprocess.Popen(
@@ -166,26 +270,21 @@ def run_isolated(
                 _stop(proc)
             finally:
                 _kill_group(proc.pid)  # stray grandchildren (compile workers) go too
+                _kill_workers(tmp)
                 if proc.poll() is None:
                     proc.wait()
         wall = time.perf_counter() - t0
-        base = dict(
-            stage=stage.name,
-            spec=stage.spec,
-            model=workload.model,
-            workload=workload.to_dict(),
-            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
         tail = _tail(log)
         if code is None:
+            processes = f" ({workload.nproc} processes)" if workload.nproc else ""
             result = Result(
                 status="timeout",
-                reason=f"no result after {workload.timeout_s:g} s",
+                reason=f"no result after {workload.timeout_s:g} s{processes}",
                 log_tail=tail,
                 **base,
             )
-        elif result_path.exists():
-            result = Result.from_dict(json.loads(result_path.read_text()))
+        elif (merged := _merged(tmp, result_path, workload.nproc, base)) is not None:
+            result = merged
             if result.failed:
                 result.log_tail = tail
         elif any(marker in tail for marker in OOM_MARKERS):

@@ -110,6 +110,17 @@ def build_model(
     return built
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The repeated blocks: what per-layer compile compiles and FSDP2 shards one by one."""
+    from stagebench.optim import Unavailable
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise Unavailable(f"{type(model).__name__} has no decoder layer list")
+    return layers
+
+
 def parameter_count(config) -> int:
     """All parameters, embeddings included (what the seed's 6N counts), from the config alone."""
     from transformers import AutoModelForCausalLM

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: Metrics.distributed (FSDP2 runs); version 1 lines still load
+READABLE_VERSIONS = (1, 2)
 
 STATUSES: dict[str, str] = {
     "ok": "ran and was measured",
@@ -29,6 +30,22 @@ STATUSES: dict[str, str] = {
 }
 # Statuses that are a finding about the stage rather than a failure of the run itself.
 NOT_FAILED = ("ok", "unavailable")
+
+
+@dataclass
+class DistributedMetrics:
+    """What a multi-process (FSDP2) run adds; per-rank lists are in rank order."""
+
+    nproc: int
+    backend: str  # nccl or gloo
+    sharding: str
+    tokens_per_s_per_gpu: float
+    step_time_ms_median_per_rank: list[float]
+    peak_allocated_gib_per_rank: list[float] | None
+    peak_reserved_gib_per_rank: list[float] | None
+    comm_busy_pct: float  # share of the step with a collective running, mean over ranks
+    comm_exposed_pct: float | None  # ... with a collective and no compute (GPU profiles only)
+    comm_source: str
 
 
 @dataclass
@@ -62,6 +79,9 @@ class Metrics:
     n_params: int
     attention_impl: str  # what really ran, as the model reports it
     notes: dict[str, str] = field(default_factory=dict)  # optimization facts (kernel source ...)
+    # Multi-process runs: tokens_per_step and tokens_per_s are for all ranks together; tflops and
+    # the MFUs are per GPU; step times are the slowest rank's; memory is the largest rank's.
+    distributed: DistributedMetrics | None = None
 
 
 @dataclass
@@ -95,9 +115,9 @@ class Result:
     def from_dict(cls, data: dict[str, Any]) -> Result:
         if not isinstance(data, dict):
             raise ValueError(f"a result is a JSON object, not {type(data).__name__}")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in READABLE_VERSIONS:
             raise ValueError(
-                f"result schema {data.get('schema_version')!r} is not {SCHEMA_VERSION}"
+                f"result schema {data.get('schema_version')!r} is not one of {READABLE_VERSIONS}"
             )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
@@ -105,7 +125,11 @@ class Result:
             raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
         fields = dict(data)
         if fields.get("metrics") is not None:
-            fields["metrics"] = Metrics(**fields["metrics"])
+            metrics = dict(fields["metrics"])
+            if metrics.get("distributed") is not None:
+                metrics["distributed"] = DistributedMetrics(**metrics["distributed"])
+            fields["metrics"] = Metrics(**metrics)
+        fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (v1 lacks only `distributed`)
         return cls(**fields)
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from stagebench import flops, optim, stats
-from stagebench.models import build_model, load_config, parameter_count
-from stagebench.results import Metrics
+from stagebench import distributed, flops, optim, stats
+from stagebench.models import build_model, decoder_layers, load_config, parameter_count
+from stagebench.results import DistributedMetrics, Metrics
 from stagebench.stages import Stage
 from stagebench.workload import Workload
 
@@ -68,9 +69,12 @@ class HostTimer:
         return list(self.times)
 
 
-def synthetic_batches(vocab: int, workload: Workload, device: torch.device, count: int):
-    """Seeded random token ids, the same for every stage (pretraining-style, labels = inputs)."""
-    gen = torch.Generator(device=device).manual_seed(workload.seed)
+def synthetic_batches(
+    vocab: int, workload: Workload, device: torch.device, count: int, rank: int = 0
+):
+    """Seeded random token ids, the same for every stage (pretraining-style, labels = inputs).
+    Rank r draws from seed + r: rank 0 trains exactly what a single process trains."""
+    gen = torch.Generator(device=device).manual_seed(workload.seed + rank)
     shape = (workload.batch_size, workload.seq_len)
     pool = [
         torch.randint(0, vocab, shape, generator=gen, device=device)
@@ -96,17 +100,33 @@ def _sync(device: torch.device) -> None:
 
 
 def run_stage(stage: Stage, workload: Workload) -> Metrics:
-    """Measure one stage in this process. Raises on failure; isolate.py classifies it."""
-    device = torch.device(workload.device)
+    """Measure one stage in this process (one rank of it under torchrun). Raises on failure;
+    isolate.py classifies it."""
+    rank = distributed.current() if workload.nproc else None
+    if workload.nproc and rank is None:
+        raise RuntimeError("nproc is set but this is not a torchrun worker: use stagebench --nproc")
+    device = distributed.device_for(workload.device, rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StageUnavailable("needs CUDA")
+    if rank and device.type == "cuda" and rank.local_rank >= torch.cuda.device_count():
+        raise StageUnavailable(f"needs {workload.nproc} GPUs, {torch.cuda.device_count()} visible")
     reason = optim.unavailable_reason(stage, device)
     if reason:
         raise StageUnavailable(reason)
+    if rank:
+        distributed.start(device)
+    try:
+        return _build_and_measure(stage, workload, device, rank)
+    finally:
+        distributed.stop()
+
+
+def _build_and_measure(
+    stage: Stage, workload: Workload, device: torch.device, rank: distributed.Rank | None
+) -> Metrics:
     dtype = getattr(torch, workload.dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
     t0 = time.perf_counter()
     model = build_model(
         workload.model, device=device, dtype=dtype, seed=workload.seed, attn_implementation="sdpa"
@@ -116,13 +136,21 @@ def run_stage(stage: Stage, workload: Workload) -> Metrics:
     with ctx.cleanup:
         for opt in optim.for_stage(stage):
             model = opt.apply(model, ctx)
+        if rank:  # after the optimizations, as torchtitan orders it: shard what will run
+            ctx.notes["fsdp"] = distributed.shard(model, decoder_layers(model), dtype)
         optimizer = make_optimizer(model, device)
+        extra = distributed.PROFILE_STEPS if rank else 0
         batches = synthetic_batches(
-            model.config.vocab_size, workload, device, workload.warmup_steps + workload.max_steps
+            model.config.vocab_size,
+            workload,
+            device,
+            workload.warmup_steps + workload.max_steps + extra,
+            rank.rank if rank else 0,
         )
         _sync(device)
         model_init_s = time.perf_counter() - t0
-        metrics = _timed_loop(model, optimizer, batches, ctx, workload, device)
+        run = _timed_loop(model, optimizer, batches, workload, device, rank)
+        metrics = _metrics(model, run, ctx, workload, device)
         metrics.model_init_s = model_init_s
     return metrics
 
@@ -133,64 +161,105 @@ def _train_step(model, optimizer, batch, loss_fn: Callable) -> tuple[torch.Tenso
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), grad_norm.detach()
+    return loss.detach(), distributed.full(grad_norm.detach())
 
 
-def _timed_loop(model, optimizer, batches, ctx, workload: Workload, device) -> Metrics:
+@dataclass
+class TimedRun:
+    """The raw measurements, merged over ranks where there are several."""
+
+    times_ms: list[float]  # per measured step; the slowest rank's time for that step
+    first_step_s: float
+    loss_first: float  # mean over ranks
+    loss_last: float
+    grad_norm_first: float
+    peak_allocated_gib: list[float] | None  # per rank
+    peak_reserved_gib: list[float] | None
+    per_rank_median_ms: list[float] = field(default_factory=list)
+    comm: list[tuple[distributed.CommTime, float]] = field(default_factory=list)  # per rank
+
+
+def _timed_loop(model, optimizer, batches, workload: Workload, device, rank) -> TimedRun:
+    def step(batch):
+        return _train_step(model, optimizer, batch, optim.training_loss)
+
     # Step 0 on its own: its wall time is the compile / autotune / first-use cost.
     t0 = time.perf_counter()
-    loss0, grad_norm0 = _train_step(model, optimizer, batches[0], ctx.loss_fn)
+    loss0, grad_norm0 = step(batches[0])
     _sync(device)
     first_step_s = time.perf_counter() - t0
     loss_first, grad_norm_first = loss0.item(), grad_norm0.item()
     for i in range(1, workload.warmup_steps):
-        _train_step(model, optimizer, batches[i], ctx.loss_fn)
+        step(batches[i])
 
     timer = CudaTimer() if device.type == "cuda" else HostTimer()
     loss = loss0
+    measured = 0
     for i in range(workload.max_steps):
         timer.start()
-        loss, _ = _train_step(model, optimizer, batches[workload.warmup_steps + i], ctx.loss_fn)
+        loss, _ = step(batches[workload.warmup_steps + i])
         timer.stop()
-        steps = i + 1
-        if steps >= workload.min_steps and steps % CHECK_EVERY_STEPS == 0:
-            ci = stats.summarize(timer.times_ms()).ci95_half_width_pct if steps > 6 else None
-            if ci is not None and ci <= workload.target_ci_pct:
+        measured = i + 1
+        if measured >= workload.min_steps and measured % CHECK_EVERY_STEPS == 0:
+            ci = stats.summarize(timer.times_ms()).ci95_half_width_pct if measured > 6 else None
+            done = ci is not None and ci <= workload.target_ci_pct
+            if rank:
+                done = distributed.rank0_decides(done, device)
+            if done:
                 break
     times = timer.times_ms(all_steps=True)
-    return _metrics(
-        model, times, first_step_s, loss_first, loss.item(), grad_norm_first, ctx, workload, device
+    cuda = device.type == "cuda"
+    peaks = (
+        (
+            [torch.cuda.max_memory_allocated(device) / GIB],
+            [torch.cuda.max_memory_reserved(device) / GIB],
+        )
+        if cuda
+        else (None, None)
     )
+    run = TimedRun(times, first_step_s, loss_first, loss.item(), grad_norm_first, *peaks)
+    if rank:
+        _merge_ranks(run, step, batches[workload.warmup_steps + measured :], device)
+    return run
 
 
-def _metrics(
-    model,
-    times,
-    first_step_s,
-    loss_first,
-    loss_last,
-    grad_norm_first,
-    ctx,
-    workload: Workload,
-    device,
-) -> Metrics:
-    summary = stats.summarize(times)
-    tokens = workload.tokens_per_step
+def _merge_ranks(run: TimedRun, step, spare_batches, device) -> None:
+    """Profile the collectives (after the timed steps), then merge every rank's numbers."""
+    spare = iter(spare_batches)
+    comm = distributed.profiled_comm(lambda: step(next(spare)), device)
+    run.loss_first = distributed.mean(run.loss_first, device)
+    run.loss_last = distributed.mean(run.loss_last, device)
+    ranks = distributed.gather((run.times_ms, run.peak_allocated_gib, run.peak_reserved_gib, comm))
+    run.times_ms = [max(step_times) for step_times in zip(*(r[0] for r in ranks), strict=True)]
+    run.per_rank_median_ms = [stats.summarize(r[0]).median for r in ranks]
+    if run.peak_allocated_gib is not None:
+        run.peak_allocated_gib = [r[1][0] for r in ranks]
+        run.peak_reserved_gib = [r[2][0] for r in ranks]
+    run.comm = [r[3] for r in ranks]
+
+
+def _metrics(model, run: TimedRun, ctx, workload: Workload, device) -> Metrics:
+    summary = stats.summarize(run.times_ms)
+    nproc = workload.nproc or 1
+    tokens = workload.tokens_per_step  # all ranks together
     tokens_per_s = tokens / (summary.median / 1000.0)
+    per_gpu = tokens_per_s / nproc  # FLOPs, TFLOPS and MFU are per GPU, as in the seed
     config = load_config(workload.model)
     n_params = parameter_count(config)
     fpt = flops.flops_per_token(config, workload.seq_len).training
     seed_fpt = flops.seed_flops_per_token(config, workload.seq_len, n_params)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = flops.peak_for(device_name, workload.dtype, workload.peak_tflops)
-    achieved = flops.tflops(tokens_per_s, fpt)
-    seed_tflops = flops.tflops(tokens_per_s, seed_fpt)
-    best = stats.best_window_mean(times, SEED_WINDOW_STEPS)
     cuda = device.type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak = flops.peak_for(device_name, workload.dtype, workload.peak_tflops)
+    achieved = flops.tflops(per_gpu, fpt)
+    seed_tflops = flops.tflops(per_gpu, seed_fpt)
+    best = stats.best_window_mean(run.times_ms, SEED_WINDOW_STEPS)
     seed_window_mfu = (
         None
         if best is None or not cuda
-        else flops.mfu_pct(flops.tflops(tokens / (best / 1000.0), seed_fpt), flops.SEED_PEAK_TFLOPS)
+        else flops.mfu_pct(
+            flops.tflops(tokens / nproc / (best / 1000.0), seed_fpt), flops.SEED_PEAK_TFLOPS
+        )
     )
     return Metrics(
         measured_steps=summary.n,
@@ -211,14 +280,34 @@ def _metrics(
         # The seed's 989 TFLOPS is an H100's peak: against a CPU it would mean nothing.
         seed_mfu_pct=flops.mfu_pct(seed_tflops, flops.SEED_PEAK_TFLOPS) if cuda else None,
         seed_peak_window_mfu_pct=seed_window_mfu,
-        first_step_s=first_step_s,
+        first_step_s=run.first_step_s,
         model_init_s=0.0,
-        loss_first=loss_first,
-        loss_last=loss_last,
-        grad_norm_first=grad_norm_first,
-        peak_allocated_gib=torch.cuda.max_memory_allocated(device) / GIB if cuda else None,
-        peak_reserved_gib=torch.cuda.max_memory_reserved(device) / GIB if cuda else None,
+        loss_first=run.loss_first,
+        loss_last=run.loss_last,
+        grad_norm_first=run.grad_norm_first,
+        peak_allocated_gib=max(run.peak_allocated_gib) if run.peak_allocated_gib else None,
+        peak_reserved_gib=max(run.peak_reserved_gib) if run.peak_reserved_gib else None,
         n_params=n_params,
         attention_impl=str(model.config._attn_implementation),
         notes={**ctx.notes, "loss_head": ctx.loss_head},
+        distributed=_distributed_metrics(run, per_gpu, ctx, nproc) if workload.nproc else None,
+    )
+
+
+def _distributed_metrics(run: TimedRun, per_gpu: float, ctx, nproc: int) -> DistributedMetrics:
+    busy = [100.0 * c.busy_ms / wall for c, wall in run.comm]
+    exposed = [
+        None if c.exposed_ms is None else 100.0 * c.exposed_ms / wall for c, wall in run.comm
+    ]
+    return DistributedMetrics(
+        nproc=nproc,
+        backend=distributed.backend(),
+        sharding=ctx.notes.get("fsdp", ""),
+        tokens_per_s_per_gpu=per_gpu,
+        step_time_ms_median_per_rank=run.per_rank_median_ms,
+        peak_allocated_gib_per_rank=run.peak_allocated_gib,
+        peak_reserved_gib_per_rank=run.peak_reserved_gib,
+        comm_busy_pct=sum(busy) / len(busy),
+        comm_exposed_pct=None if None in exposed else sum(exposed) / len(exposed),
+        comm_source=f"{run.comm[0][0].source}, {distributed.PROFILE_STEPS} steps after the timed",
     )

@@ -24,6 +24,7 @@ class Workload:
     timeout_s: float = 1800.0  # the seed's 30 minutes a config
     peak_tflops: float | None = None  # overrides the device table
     compile_cache: str | None = None  # inductor cache directory; None: the user cache
+    nproc: int | None = None  # processes under torchrun, sharded with FSDP2; None: one, unsharded
 
     def __post_init__(self) -> None:
         checks = (
@@ -41,6 +42,7 @@ class Workload:
             ),
             ("device", self.device in ("cuda", "cpu"), "cuda or cpu"),
             ("peak_tflops", self.peak_tflops is None or self.peak_tflops > 0, "above 0"),
+            ("nproc", self.nproc is None or self.nproc >= 1, "at least 1"),
         )
         for name, ok, accepted in checks:
             if not ok:
@@ -48,7 +50,8 @@ class Workload:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
+        """All ranks together: each rank trains its own batch of batch_size x seq_len."""
+        return self.batch_size * self.seq_len * (self.nproc or 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,7 +63,10 @@ class Workload:
     def numerics_key(self) -> str:
         """Identifies runs whose step-0 losses must agree: same weights, same data."""
         keep = ("model", "device", "dtype", "batch_size", "seq_len", "seed")
-        blob = json.dumps({k: getattr(self, k) for k in keep}, sort_keys=True)
+        key = {k: getattr(self, k) for k in keep}
+        if self.nproc is not None:  # the logged loss is the mean over ranks' different batches
+            key["nproc"] = self.nproc
+        blob = json.dumps(key, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -22,12 +22,12 @@ class Unavailable(RuntimeError):
     """Raised by apply() when a need only shows once the model exists (e.g. no decoder layers)."""
 
 
-def hf_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The model's own loss head: logits for every position, then cross-entropy."""
+def training_loss(
+    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The loss through the model's own call, whichever head an optimization put there (HF's
+    logits + cross-entropy, Liger's FLCE, CCE); wrappers such as FSDP2 hook that call."""
     return model(input_ids=input_ids, labels=labels).loss
-
-
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -39,7 +39,6 @@ class StageContext:
     dtype: torch.dtype
     compile_cache: str | None = None
     cleanup: ExitStack = field(default_factory=ExitStack)
-    loss_fn: LossFn = hf_loss
     loss_head: str = "hf"
     notes: dict[str, str] = field(default_factory=dict)
 

@@ -1,17 +1,20 @@
 """cut-cross-entropy as a model-agnostic loss head.
 
-The PyPI release has no transformers patch, so instead of patching a model class the loss head is
-swapped: the base model's hidden states go straight into `linear_cross_entropy` with the LM head's
-weight, and the full logits tensor is never materialized. Any causal LM with a base model and a
-bias-free LM head qualifies.
+The PyPI release has no transformers patch, so this instance's forward is replaced (the class is
+untouched): the base model's hidden states go straight into `linear_cross_entropy` with the LM
+head's weight, and the full logits tensor is never materialized. Any causal LM with a base model
+and a bias-free LM head qualifies. The head runs inside the model's own call, so hooks on it
+still fire: FSDP2 gathers the root's parameters (embeddings, LM head) in its forward pre-hook.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from importlib import metadata
+from types import MethodType
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from stagebench.optim import Optimization, StageContext, Unavailable
 
@@ -27,15 +30,17 @@ def implementation(device: torch.device) -> str:
     return "cce" if device.type == "cuda" else "torch_compile"
 
 
-def loss_head(impl: str, softcap: float | None):
+def loss_forward(impl: str, softcap: float | None):
+    """A forward that returns only the loss, computed by CCE from the last hidden states."""
     from cut_cross_entropy import linear_cross_entropy
 
-    def loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor):
-        hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
-        weight = model.get_output_embeddings().weight
-        return linear_cross_entropy(hidden, weight, labels, shift=True, softcap=softcap, impl=impl)
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, **kwargs):
+        hidden = self.get_decoder()(input_ids=input_ids, **kwargs).last_hidden_state
+        weight = self.get_output_embeddings().weight
+        loss = linear_cross_entropy(hidden, weight, labels, shift=True, softcap=softcap, impl=impl)
+        return CausalLMOutputWithPast(loss=loss)
 
-    return loss
+    return forward
 
 
 def apply(model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
@@ -46,7 +51,7 @@ def apply(model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
         raise Unavailable("the LM head has a bias, which linear_cross_entropy does not take")
     impl = implementation(ctx.device)
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    ctx.loss_fn = loss_head(impl, softcap)
+    model.forward = MethodType(loss_forward(impl, softcap), model)
     ctx.loss_head = f"cce ({impl})"
     ctx.notes["cce"] = f"cut-cross-entropy {metadata.version('cut-cross-entropy')}, impl={impl}"
     return model

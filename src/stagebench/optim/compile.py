@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from stagebench.optim import Optimization, StageContext, Unavailable
+from stagebench.models import decoder_layers
+from stagebench.optim import Optimization, StageContext
 
 MODES = {
     "compile": ("per-layer", "max-autotune"),
@@ -33,14 +34,6 @@ def use_cache_dir(path: str | None) -> str:
     return cache
 
 
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise Unavailable(f"{type(model).__name__} has no decoder layer list to compile per layer")
-    return layers
-
-
 def _compile(part: str):
     scope, mode = MODES[part]
 
@@ -50,7 +43,7 @@ def _compile(part: str):
             for layer in decoder_layers(model):
                 layer.compile(fullgraph=True, mode=mode)  # in place: names and state stay
         elif ctx.loss_head.startswith("cce"):
-            # The CCE head calls the base model directly, past the LM's own forward.
+            # CCE's head is its own Triton kernel, not something to trace: compile the base model.
             model.get_decoder().compile(mode=mode)
         else:
             model.compile(mode=mode)
