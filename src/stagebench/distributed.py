@@ -70,18 +70,17 @@ def backend() -> str:
 def shard(model: torch.nn.Module, layers: torch.nn.ModuleList, dtype: torch.dtype) -> str:
     """FSDP2: every decoder layer its own unit, the root holds the rest. Returns a note.
 
-    Parameters stay in the workload's dtype, as in a single-process run, so `--nproc 1` measures
-    the same math; gradients are reduced in fp32 (torchtitan's default), then stored in `dtype`.
+    Parameters, gradients and their reduction all stay in the workload's dtype, as in a
+    single-process run (the seed trains in pure bf16), so `--nproc 1` does the same math.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)
     for layer in layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return (
-        f"FSDP2 fully_shard: {len(layers)} decoder layers + root, params {_name(dtype)}, "
-        "reduce float32"
+        f"FSDP2 fully_shard: {len(layers)} decoder layers + root, params and reduce {_name(dtype)}"
     )
 
 

@@ -162,6 +162,14 @@ def _command(job_path: Path, result_path: Path, nproc: int | None) -> list[str]:
     return [sys.executable, "-m", "stagebench.launch", str(report), *torchrun, *child]
 
 
+def _child_env(nproc: int | None) -> dict[str, str]:
+    environ = dict(os.environ)
+    if nproc is not None and "OMP_NUM_THREADS" not in environ:
+        # torchrun would pin every worker to one thread; share the host's cores instead.
+        environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    return environ
+
+
 def _kill_workers(tmp: Path) -> None:
     """torchrun gives each worker a session of its own: end those too (and their children)."""
     for pid_file in tmp.glob("pid.rank*.json"):
@@ -262,6 +270,7 @@ def run_isolated(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=_child_env(workload.nproc),
             )
             try:
                 code: int | None = proc.wait(timeout=workload.timeout_s)
