@@ -88,6 +88,8 @@ def torch_info() -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     return {
+        # The allocator's settings change peak memory and, near the limit, step time.
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "cuda_available": cuda,

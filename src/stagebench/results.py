@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: Metrics.distributed (FSDP2 runs); version 1 lines still load
+SCHEMA_VERSION = 2  # 2: Metrics.distributed (FSDP2 runs), alloc_retries; v1 lines still load
 READABLE_VERSIONS = (1, 2)
 
 STATUSES: dict[str, str] = {
@@ -82,6 +82,7 @@ class Metrics:
     # Multi-process runs: tokens_per_step and tokens_per_s are for all ranks together; tflops and
     # the MFUs are per GPU; step times are the slowest rank's; memory is the largest rank's.
     distributed: DistributedMetrics | None = None
+    alloc_retries: int | None = None  # the CUDA caching allocator's retries (most of any rank)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Result:
             if metrics.get("distributed") is not None:
                 metrics["distributed"] = DistributedMetrics(**metrics["distributed"])
             fields["metrics"] = Metrics(**metrics)
-        fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (v1 lacks only `distributed`)
+        fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (v1 lacks only new fields)
         return cls(**fields)
 
 

@@ -175,6 +175,7 @@ class TimedRun:
     grad_norm_first: float
     peak_allocated_gib: list[float] | None  # per rank
     peak_reserved_gib: list[float] | None
+    alloc_retries: list[int] | None
     per_rank_median_ms: list[float] = field(default_factory=list)
     comm: list[tuple[distributed.CommTime, float]] = field(default_factory=list)  # per rank
 
@@ -209,15 +210,18 @@ def _timed_loop(model, optimizer, batches, workload: Workload, device, rank) -> 
                 break
     times = timer.times_ms(all_steps=True)
     cuda = device.type == "cuda"
-    peaks = (
+    memory = (
         (
             [torch.cuda.max_memory_allocated(device) / GIB],
             [torch.cuda.max_memory_reserved(device) / GIB],
+            # cudaMalloc failures answered by freeing the cache and retrying: near the memory
+            # limit they, not the kernels, set the step time
+            [torch.cuda.memory_stats(device).get("num_alloc_retries", 0)],
         )
         if cuda
-        else (None, None)
+        else (None, None, None)
     )
-    run = TimedRun(times, first_step_s, loss_first, loss.item(), grad_norm_first, *peaks)
+    run = TimedRun(times, first_step_s, loss_first, loss.item(), grad_norm_first, *memory)
     if rank:
         _merge_ranks(run, step, batches[workload.warmup_steps + measured :], device)
     return run
@@ -229,13 +233,16 @@ def _merge_ranks(run: TimedRun, step, spare_batches, device) -> None:
     comm = distributed.profiled_comm(lambda: step(next(spare)), device)
     run.loss_first = distributed.mean(run.loss_first, device)
     run.loss_last = distributed.mean(run.loss_last, device)
-    ranks = distributed.gather((run.times_ms, run.peak_allocated_gib, run.peak_reserved_gib, comm))
+    ranks = distributed.gather(
+        (run.times_ms, run.peak_allocated_gib, run.peak_reserved_gib, run.alloc_retries, comm)
+    )
     run.times_ms = [max(step_times) for step_times in zip(*(r[0] for r in ranks), strict=True)]
     run.per_rank_median_ms = [stats.summarize(r[0]).median for r in ranks]
     if run.peak_allocated_gib is not None:
         run.peak_allocated_gib = [r[1][0] for r in ranks]
         run.peak_reserved_gib = [r[2][0] for r in ranks]
-    run.comm = [r[3] for r in ranks]
+        run.alloc_retries = [r[3][0] for r in ranks]
+    run.comm = [r[4] for r in ranks]
 
 
 def _metrics(model, run: TimedRun, ctx, workload: Workload, device) -> Metrics:
@@ -287,6 +294,7 @@ def _metrics(model, run: TimedRun, ctx, workload: Workload, device) -> Metrics:
         grad_norm_first=run.grad_norm_first,
         peak_allocated_gib=max(run.peak_allocated_gib) if run.peak_allocated_gib else None,
         peak_reserved_gib=max(run.peak_reserved_gib) if run.peak_reserved_gib else None,
+        alloc_retries=max(run.alloc_retries) if run.alloc_retries else None,
         n_params=n_params,
         attention_impl=str(model.config._attn_implementation),
         notes={**ctx.notes, "loss_head": ctx.loss_head},
