@@ -87,3 +87,40 @@ def dispatch(stage, workload):
 def wrong_loss(stage, workload):
     """Entry for the numerics test: the reference measures truly, everything else is off."""
     return run_stage(stage, workload) if stage.is_reference else fake_wrong_loss(stage, workload)
+
+
+# Rank faults: under torchrun, rank 1 fails and rank 0 runs the real stage, so rank 0 is left
+# waiting in FSDP2's collectives for a peer that will never come, as on a real cluster.
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _record_pid(kind: str, pid: int) -> None:
+    """Tests read these to prove no process outlived the stage."""
+    base = os.environ.get("STAGEBENCH_TEST_PIDFILE")
+    if base:
+        with open(f"{base}.{kind}.rank{_rank()}", "w") as f:
+            f.write(str(pid))
+
+
+def rank1_oom(stage, workload):
+    _record_pid("worker", os.getpid())
+    if _rank() == 1:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB (fake)")
+    return run_stage(stage, workload)
+
+
+def rank1_hang(stage, workload):
+    _record_pid("worker", os.getpid())
+    if _rank() == 1:
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        _record_pid("grandchild", worker.pid)
+        time.sleep(3600)
+    return run_stage(stage, workload)
+
+
+def rank1_abort(stage, workload):
+    _record_pid("worker", os.getpid())
+    if _rank() == 1:
+        os.abort()
+    return run_stage(stage, workload)
