@@ -132,7 +132,9 @@ def _build_and_measure(
         workload.model, device=device, dtype=dtype, seed=workload.seed, attn_implementation="sdpa"
     )
     model.train()
-    ctx = optim.StageContext(stage, device, dtype, compile_cache=workload.compile_cache)
+    ctx = optim.StageContext(
+        stage, device, dtype, compile_cache=workload.compile_cache, sharded=rank is not None
+    )
     with ctx.cleanup:
         for opt in optim.for_stage(stage):
             model = opt.apply(model, ctx)

@@ -38,6 +38,7 @@ class StageContext:
     device: torch.device
     dtype: torch.dtype
     compile_cache: str | None = None
+    sharded: bool = False  # FSDP2 will wrap the model after the optimizations
     cleanup: ExitStack = field(default_factory=ExitStack)
     loss_head: str = "hf"
     notes: dict[str, str] = field(default_factory=dict)

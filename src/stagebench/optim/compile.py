@@ -35,10 +35,15 @@ def use_cache_dir(path: str | None) -> str:
 
 
 def _compile(part: str):
-    scope, mode = MODES[part]
+    scope = MODES[part][0]
 
     def apply(model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
         use_cache_dir(ctx.compile_cache)
+        mode = MODES[part][1]
+        if ctx.sharded and mode == "max-autotune":
+            # CUDA graphs replay fixed addresses; FSDP2 re-allocates the gathered parameters
+            # every step, so cudagraph trees fall off their fast path (measured: 50x slower).
+            mode = "max-autotune-no-cudagraphs"
         if scope == "per-layer":
             for layer in decoder_layers(model):
                 layer.compile(fullgraph=True, mode=mode)  # in place: names and state stay
