@@ -14,15 +14,51 @@ from stagebench import PROTOCOL_VERSION, asv_suite, stages
 @pytest.fixture
 def suite(monkeypatch, tmp_path):
     monkeypatch.delenv("STAGEBENCH_MATRIX", raising=False)
+    monkeypatch.delenv("STAGEBENCH_NPROCS", raising=False)
     monkeypatch.setenv("STAGEBENCH_DEVICE", "cpu")
     return asv_suite.stage_benchmarks("benchmarks.stages", root=tmp_path)
 
 
 def test_every_matrix_stage_has_a_class(suite):
     names = {n for matrix in stages.MATRICES.values() for n in matrix}
-    expected = {asv_suite._class_name(stages.resolve(n)) for n in names}
-    assert set(suite) == expected
+    single = {asv_suite._class_name(stages.resolve(n)) for n in names}
+    multi = {
+        asv_suite._class_name(stages.resolve(n), nproc)
+        for n in stages.MATRICES["fsdp"]
+        for nproc in (2, 4)
+    }
+    assert set(suite) == single | multi
     assert "Stage_05_liger_cce_sdpa_compile" in suite and "Stage_sdpa_compile_default" in suite
+    assert "Stage_00_sdpa_fsdp_2gpu" in suite and "Stage_00_sdpa_fsdp_4gpu" in suite
+
+
+def test_multi_gpu_classes_are_their_own_history(suite):
+    cls = suite["Stage_01_kernelize_sdpa_compile_fsdp_4gpu"]
+    assert cls.version == f"sdpa+kernelize+compile|nproc-4|protocol-{PROTOCOL_VERSION}"
+    assert "on 4 GPUs (FSDP2)" in cls.__doc__
+
+
+@pytest.mark.parametrize(
+    ("device", "reason"),
+    [
+        ("cpu", "2-GPU stage: needs CUDA GPUs, the device is cpu"),
+        ("cuda", "needs 2 GPUs, 0 visible"),  # this machine has no GPU for NVML to see
+    ],
+)
+def test_multi_gpu_stage_is_skipped_without_enough_gpus(tmp_path, monkeypatch, device, reason):
+    if device == "cuda" and asv_suite.env.visible_gpu_count() >= 2:
+        pytest.skip("this machine has 2 GPUs: the stage would run")
+    monkeypatch.setenv("STAGEBENCH_DEVICE", device)
+    result = asv_suite.measure(stages.resolve("00_sdpa"), tmp_path / "store.jsonl", nproc=2)
+    assert result == {"status": "unavailable", "reason": reason}
+    assert not (tmp_path / "store.jsonl").exists()
+
+
+@pytest.mark.parametrize("text", ["two", "1,2"])
+def test_bad_gpu_counts_are_named(monkeypatch, text):
+    monkeypatch.setenv("STAGEBENCH_NPROCS", text)
+    with pytest.raises(ValueError, match="STAGEBENCH_NPROCS"):
+        asv_suite.bench_nprocs()
 
 
 def test_each_class_has_its_own_setup_cache(suite):

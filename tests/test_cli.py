@@ -46,10 +46,12 @@ def error_line(capsys, argv: list[str]) -> str:
         (["run"], ["required", "STAGE"]),
         (["run", "00_sdpa", "--device", "cpu", "--peak-tflops", "-5"], [r"peak[-_]tflops\W+-5"]),
         (["matrix", "--device", "cpu", "--subset", "00_sdpa,bogus"], ["'bogus'", *SEED_IDS]),
+        (["run", "00_sdpa", "--device", "cpu", "--nproc", "0"], [r"nproc\W+0\b", "at least 1"]),
     ],
     ids=[
         "unknown-stage", "unknown-part", "max-steps-0", "batch-size-neg", "seq-len-1",
         "bad-device", "non-int-batch", "no-subcommand", "no-stage", "peak-neg", "bad-subset",
+        "nproc-0",
     ],
 )  # fmt: skip
 def test_bad_input(capsys, argv, patterns):

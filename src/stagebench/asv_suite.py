@@ -12,6 +12,8 @@ Configuration comes from the environment so the same suite serves a GPU nightly 
     STAGEBENCH_STORE     JSON Lines file every Result is also appended to
                          (default: .asv/stagebench/results.jsonl in the project root)
     STAGEBENCH_DEVICE    cuda or cpu (default: cuda where NVML sees a GPU)
+    STAGEBENCH_NPROCS    GPU counts for the multi-GPU classes (default: 2,4): the `fsdp` matrix
+                         under FSDP2 with that many ranks, skipped where fewer GPUs are visible
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagebench import PROTOCOL_VERSION, results, stages
+from stagebench import PROTOCOL_VERSION, env, results, stages
 from stagebench.workload import Workload, defaults_for
 
 # name -> (unit, where the value lives in a Result dict, what "better" means)
@@ -76,6 +78,17 @@ def bench_stages() -> list[stages.Stage]:
     return list(dict.fromkeys(stages.resolve(n) for n in names))
 
 
+def bench_nprocs() -> list[int]:
+    text = os.environ.get("STAGEBENCH_NPROCS", "2,4")
+    try:
+        counts = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise ValueError(f"STAGEBENCH_NPROCS={text!r}: give GPU counts like 2,4") from None
+    if any(n < 2 for n in counts):
+        raise ValueError(f"STAGEBENCH_NPROCS={text!r}: multi-GPU classes need 2 or more")
+    return counts
+
+
 def store_path(root: Path) -> Path:
     """Anchored to the project root: asv runs benchmarks in a temporary working directory and
     passes ASV_CONF_DIR only to build commands."""
@@ -83,7 +96,17 @@ def store_path(root: Path) -> Path:
     return Path(explicit) if explicit else root / ".asv" / "stagebench" / "results.jsonl"
 
 
-def measure(stage: stages.Stage, store: Path) -> dict[str, Any]:
+def _too_few_gpus(workload: Workload) -> str | None:
+    """Known from NVML without a child (asv forks: no CUDA in this process)."""
+    if workload.nproc is None:
+        return None
+    if workload.device != "cuda":
+        return f"{workload.nproc}-GPU stage: needs CUDA GPUs, the device is {workload.device}"
+    visible = env.visible_gpu_count()
+    return f"needs {workload.nproc} GPUs, {visible} visible" if visible < workload.nproc else None
+
+
+def measure(stage: stages.Stage, store: Path, nproc: int | None = None) -> dict[str, Any]:
     """Run one stage for asv; the sdpa reference first if this workload has none stored yet."""
     import torch
 
@@ -91,6 +114,11 @@ def measure(stage: stages.Stage, store: Path) -> dict[str, Any]:
     from stagebench.optim import unavailable_reason
 
     workload = bench_workload()
+    if nproc is not None:
+        workload = Workload.from_dict({**workload.to_dict(), "nproc": nproc})
+    missing = _too_few_gpus(workload)
+    if missing:
+        return {"status": "unavailable", "reason": missing}
     if workload.device == "cpu":  # known without a child (GPU checks may touch CUDA: child only)
         reason = unavailable_reason(stage, torch.device("cpu"))
         if reason:
@@ -103,17 +131,18 @@ def measure(stage: stages.Stage, store: Path) -> dict[str, Any]:
     return result.to_dict()
 
 
-def _class_name(stage: stages.Stage) -> str:
-    return "Stage_" + re.sub(r"\W", "_", stage.name)
+def _class_name(stage: stages.Stage, nproc: int | None = None) -> str:
+    gpus = f"_fsdp_{nproc}gpu" if nproc else ""
+    return "Stage_" + re.sub(r"\W", "_", stage.name) + gpus
 
 
-def _own_module(func: Callable, stage: stages.Stage, package: str) -> Callable:
+def _own_module(func: Callable, name: str, package: str) -> Callable:
     """Give `func` a module of its own.
 
     asv keys a setup_cache by its function's module and first line; every generated class shares
     one function, so without this all stages would share one cache (and one Result).
     """
-    name = f"{package}.{_class_name(stage).lower()}"
+    name = f"{package}.{name.lower()}"
     sys.modules.setdefault(name, types.ModuleType(name))
     clone = types.FunctionType(
         func.__code__, func.__globals__, func.__name__, None, func.__closure__
@@ -122,13 +151,16 @@ def _own_module(func: Callable, stage: stages.Stage, package: str) -> Callable:
     return clone
 
 
-def _make_class(stage: stages.Stage, package: str, store: Path) -> type:
+def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | None = None) -> type:
+    label = f"{stage.name} on {nproc} GPUs (FSDP2)" if nproc else stage.name
+    class_name = _class_name(stage, nproc)
+
     def setup_cache(self) -> dict[str, Any]:
-        return measure(stage, store)
+        return measure(stage, store, nproc)
 
     def setup(self, result: dict[str, Any]) -> None:
         if result["status"] == "unavailable":
-            raise NotImplementedError(f"{stage.name} unavailable: {result['reason']}")
+            raise NotImplementedError(f"{label} unavailable: {result['reason']}")
 
     def track_ok(self, result: dict[str, Any]) -> int:
         return int(result["status"] == "ok")
@@ -136,32 +168,38 @@ def _make_class(stage: stages.Stage, package: str, store: Path) -> type:
     def tracker(key: str, unit: str) -> Callable:
         def track(self, result: dict[str, Any]) -> float:
             if result["status"] != "ok":
-                raise RuntimeError(f"{stage.name}: {result['status']}: {result['reason']}")
+                raise RuntimeError(f"{label}: {result['status']}: {result['reason']}")
             value = result["metrics"][key]
             return math.nan if value is None else float(value)  # n/a, e.g. no MFU on a CPU
 
         track.unit = unit
         return track
 
-    cache = _own_module(setup_cache, stage, package)
+    cache = _own_module(setup_cache, class_name, package)
     workload_timeout = bench_workload().timeout_s
     cache.timeout = 2 * workload_timeout + 120  # the reference may run first; child start-up
     track_ok.unit = "ok"
     body: dict[str, Any] = {
-        "__doc__": f"{stage.name}: {stage.spec}",
+        "__doc__": f"{label}: {stage.spec}",
         "setup_cache": cache,
         "setup": setup,
         "track_ok": track_ok,
         "timeout": cache.timeout,
         # Results from an older protocol or another spec are invalidated on purpose.
-        "version": f"{stage.spec}|protocol-{PROTOCOL_VERSION}",
+        "version": f"{stage.spec}|{f'nproc-{nproc}|' if nproc else ''}protocol-{PROTOCOL_VERSION}",
     }
     for name, (unit, key, _) in METRICS.items():
         body[f"track_{name}"] = tracker(key, unit)
-    return type(_class_name(stage), (), body)
+    return type(class_name, (), body)
 
 
 def stage_benchmarks(package: str, root: Path) -> dict[str, type]:
-    """{class name: asv benchmark class} for every bench stage; `root` is the project root."""
+    """{class name: asv benchmark class} for every bench stage, then the multi-GPU classes;
+    `root` is the project root."""
     store = store_path(root)
-    return {_class_name(s): _make_class(s, package, store) for s in bench_stages()}
+    classes = {_class_name(s): _make_class(s, package, store) for s in bench_stages()}
+    for nproc in bench_nprocs():
+        for name in stages.MATRICES["fsdp"]:
+            stage = stages.resolve(name)
+            classes[_class_name(stage, nproc)] = _make_class(stage, package, store, nproc)
+    return classes

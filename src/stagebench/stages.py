@@ -54,6 +54,13 @@ REFERENCE_SPEC = "sdpa"
 MATRICES: dict[str, list[str]] = {
     "seed": list(SEED_STAGES),
     "cpu": ["00_baseline", "00_sdpa", "sdpa+compile-default", "sdpa+compile"],
+    # Under FSDP2 (--nproc N): the seed's stages that ran ok unsharded on an H100.
+    "fsdp": [
+        "00_sdpa",
+        "01_kernelize_sdpa_compile",
+        "04_liger_cce_sdpa",
+        "05_kernelize_cce_sdpa_compile",
+    ],
 }
 
 
