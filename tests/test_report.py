@@ -96,3 +96,20 @@ def test_print_results_prints_reasons():
     text = console.export_text()
     assert "  x: error: [bold]boom[/]" in text
     assert "00_sdpa" in text
+
+
+def test_a_distributed_run_gets_a_line_of_its_own():
+    from stagebench.report import distributed_lines
+    from stagebench.results import DistributedMetrics
+
+    d = DistributedMetrics(
+        nproc=2, backend="nccl", sharding="FSDP2", tokens_per_s_per_gpu=6906.5,
+        step_time_ms_median_per_rank=[148.0, 148.2], peak_allocated_gib_per_rank=[40.0, 39.5],
+        peak_reserved_gib_per_rank=[44.04, 43.0], comm_busy_pct=12.54, comm_exposed_pct=1.46,
+        comm_source="profiler",
+    )  # fmt: skip
+    sharded = make_result("00_sdpa", "ok", make_metrics(distributed=d))
+    assert distributed_lines([OK, sharded, OOM]) == [
+        "00_sdpa: 2 ranks (nccl): 13,813 tokens/s (6,906 per GPU); collectives 12.5% of the step, "
+        "1.5% exposed; peak reserved GiB per rank 44.0 / 43.0"
+    ]

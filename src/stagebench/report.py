@@ -58,13 +58,34 @@ def reasons(results: Iterable[Result]) -> list[str]:
     return [f"{r.stage}: {r.status}: {r.reason}" for r in results if r.status != "ok"]
 
 
+def _gib_list(values: list[float] | None) -> str:
+    return "-" if not values else " / ".join(f"{v:.1f}" for v in values)
+
+
+def distributed_lines(results: Iterable[Result]) -> list[str]:
+    """Multi-process runs: what the table's per-GPU columns do not say."""
+    lines = []
+    for r in results:
+        d = r.metrics.distributed if r.metrics else None
+        if d is None:
+            continue
+        exposed = "" if d.comm_exposed_pct is None else f", {d.comm_exposed_pct:.1f}% exposed"
+        lines.append(
+            f"{r.stage}: {d.nproc} ranks ({d.backend}): {r.metrics.tokens_per_s:,.0f} tokens/s "
+            f"({d.tokens_per_s_per_gpu:,.0f} per GPU); collectives {d.comm_busy_pct:.1f}% of the "
+            f"step{exposed}; peak reserved GiB per rank {_gib_list(d.peak_reserved_gib_per_rank)}"
+        )
+    return lines
+
+
 def print_results(results: list[Result], console: Console, title: str | None = None) -> None:
     console.print(results_table(results, title))
-    for line in reasons(results):
+    for line in reasons(results) + distributed_lines(results):
         console.print(f"  {line}", markup=False, highlight=False)
     legend = (
         "MFU %/TFLOPS: the seed's formula (6N + attention, vs 989 TFLOPS), from the median step. "
-        "Model MFU %: counted matmul FLOPs (causal attention) vs the device's dense bf16 peak."
+        "Model MFU %: counted matmul FLOPs (causal attention) vs the device's dense bf16 peak. "
+        "Under FSDP2 (--nproc): per GPU, the step being the slowest rank's."
     )
     console.print(legend, style="dim")
 
