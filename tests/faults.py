@@ -124,3 +124,22 @@ def rank1_abort(stage, workload):
     if _rank() == 1:
         os.abort()
     return run_stage(stage, workload)
+
+
+def rank1_oom_mid_training(stage, workload):
+    """Rank 1 runs out of memory at its third step, when both ranks are deep in FSDP2's
+    collectives: rank 0's next collective breaks, and the Result must still name rank 1."""
+    import stagebench.runner as runner
+
+    _record_pid("worker", os.getpid())
+    if _rank() == 1:
+        real_step, calls = runner._train_step, []
+
+        def failing_step(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory at step 3 (fake)")
+            return real_step(*args, **kwargs)
+
+        runner._train_step = failing_step
+    return run_stage(stage, workload)

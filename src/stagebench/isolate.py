@@ -8,8 +8,9 @@ with it, so no orphan keeps a GPU busy.
 With `Workload.nproc` the child is torchrun (through launch.py) and every rank writes a Result
 of its own. torchrun starts each worker in a session of its own, so workers also leave their pid
 here and the parent kills their sessions too. When ranks fail, the root cause is reported: a rank
-whose collective broke because a peer died raises a generic error, the peer's own failure (an
-OOM, a compile error, a signal) is the cause; among equals, the earliest.
+whose collective broke because a peer died raises a generic error, and torchrun SIGTERMs the
+survivors of a failure; the peer's own failure (an OOM, a compile error, another signal) is the
+cause; among equals, the earliest.
 """
 
 from __future__ import annotations
@@ -206,8 +207,15 @@ def root_cause(tmp: Path, nproc: int) -> tuple[int, Result] | None:
                 candidates.append((float(info.get("timestamp", 0)), rank, crashed))
     if not candidates:
         return None
-    _, rank, result = min(candidates, key=lambda c: (c[2].status == "error", c[0]))
+    _, rank, result = min(candidates, key=lambda c: (_is_victim(c[2]), c[0]))
     return rank, result
+
+
+def _is_victim(result: Result) -> bool:
+    """Failures that follow a peer's: a broken collective, or torchrun's SIGTERM to survivors."""
+    if result.status == "crashed":
+        return "SIGTERM" in (result.reason or "")
+    return result.status == "error"
 
 
 def _merged(tmp: Path, result_path: Path, nproc: int | None, base: dict) -> Result | None:

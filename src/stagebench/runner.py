@@ -115,10 +115,11 @@ def run_stage(stage: Stage, workload: Workload) -> Metrics:
         raise StageUnavailable(reason)
     if rank:
         distributed.start(device)
-    try:
-        return _build_and_measure(stage, workload, device, rank)
-    finally:
-        distributed.stop()
+    metrics = _build_and_measure(stage, workload, device, rank)
+    # Only after success: tearing NCCL down while a peer is stuck in a collective can block, and
+    # a failed rank has a Result to write; its exit ends the process group anyway.
+    distributed.stop()
+    return metrics
 
 
 def _build_and_measure(
