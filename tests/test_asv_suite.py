@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from asv_runner.benchmarks._base import get_setup_cache_key
 
-from stagebench import PROTOCOL_VERSION, asv_suite, stages
+from stagebench import PROTOCOL_VERSION, asv_suite, env, stages
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_multi_gpu_classes_are_their_own_history(suite):
     ],
 )
 def test_multi_gpu_stage_is_skipped_without_enough_gpus(tmp_path, monkeypatch, device, reason):
-    if device == "cuda" and asv_suite.env.visible_gpu_count() >= 2:
+    if device == "cuda" and env.visible_gpu_count() >= 2:
         pytest.skip("this machine has 2 GPUs: the stage would run")
     monkeypatch.setenv("STAGEBENCH_DEVICE", device)
     result = asv_suite.measure(stages.resolve("00_sdpa"), tmp_path / "store.jsonl", nproc=2)

@@ -119,7 +119,7 @@ def test_root_cause_prefers_a_ranks_own_failure_over_a_broken_collective(tmp_pat
 
 def test_root_cause_names_a_rank_that_died_without_a_word(tmp_path):
     _rank_file(tmp_path, 0, "error", 10.0)
-    report = {"1": {"exitcode": -11, "signal": "SIGSEGV", "timestamp": 9}}
+    report = {"1": {"exitcode": -11, "timestamp": 9}}
     (tmp_path / "torchrun-failures.json").write_text(json.dumps(report))
     rank, result = isolate.root_cause(tmp_path, 2)
     assert (rank, result.status, result.reason) == (1, "crashed", "killed by SIGSEGV")
@@ -127,7 +127,7 @@ def test_root_cause_names_a_rank_that_died_without_a_word(tmp_path):
 
 def test_root_cause_is_not_a_survivor_torchrun_terminated(tmp_path):
     _rank_file(tmp_path, 1, "oom", 10.5)
-    report = {"0": {"exitcode": -15, "signal": "SIGTERM", "timestamp": 10}}
+    report = {"0": {"exitcode": -15, "timestamp": 10}}
     (tmp_path / "torchrun-failures.json").write_text(json.dumps(report))
     rank, result = isolate.root_cause(tmp_path, 2)
     assert (rank, result.status) == (1, "oom")
@@ -157,7 +157,7 @@ def test_rank_comes_from_torchruns_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
     rank = distributed.current()
-    assert rank == distributed.Rank(rank=3, world_size=4, local_rank=1) and not rank.is_main
+    assert rank == distributed.Rank(rank=3, world_size=4, local_rank=1)
     assert str(distributed.device_for("cuda", rank)) == "cuda:1"
     assert str(distributed.device_for("cpu", rank)) == "cpu"
 

@@ -76,72 +76,31 @@ def _assert_lists(message: str, options: tuple[str, ...]) -> None:
     assert not missing, f"message does not list valid options {missing}: {message}"
 
 
-def test_unknown_id_names_it_and_lists_seed_stages():
-    """A typo in a seed id must say which id and show the valid ones."""
+@pytest.mark.parametrize(
+    ("text", "words", "options"),
+    [
+        # a typo in a seed id: which id, and the valid ones
+        ("00_nope", ["'00_nope'"], tuple(stages.SEED_STAGES)),
+        # a typo in a spec part: which part, and the valid parts
+        ("sdpa+ligr", ["'ligr'"], ALL_PARTS),
+        ("sdpa++cce", ["'sdpa++cce'", "empty"], ALL_PARTS),
+        # a spec without attention cannot run: offer the attention parts
+        ("liger+cce", ["'liger+cce'", "attention"], ATTENTION),
+        # two attention kernels at once is ambiguous: offer the choices
+        ("sdpa+fa2+liger", ["'sdpa+fa2+liger'", "exactly one attention part"], ATTENTION),
+        # a repeated part is named itself, not only the spec
+        ("sdpa+liger+liger", ["repeated", "'liger'"], ALL_PARTS),
+        # two compile modes conflict: offer the compile parts
+        ("sdpa+compile+compile-model", ["'sdpa+compile+compile-model'", "compile"], COMPILES),
+    ],
+)
+def test_bad_stage_names_the_problem_and_lists_what_is_valid(text, words, options):
     with pytest.raises(StageError) as info:
-        resolve("00_nope")
+        resolve(text)
     message = str(info.value)
-    assert "'00_nope'" in message
-    _assert_lists(message, tuple(stages.SEED_STAGES))
-
-
-def test_unknown_part_names_it_and_lists_parts():
-    """A typo in a spec part must say which part and show the valid parts."""
-    with pytest.raises(StageError) as info:
-        resolve("sdpa+ligr")
-    message = str(info.value)
-    assert "'ligr'" in message
-    _assert_lists(message, ALL_PARTS)
-
-
-def test_empty_part_names_spec_and_lists_parts():
-    """`sdpa++cce` must name the spec and show the valid parts (fails: no list given today)."""
-    with pytest.raises(StageError) as info:
-        resolve("sdpa++cce")
-    message = str(info.value)
-    assert "'sdpa++cce'" in message
-    assert "empty" in message
-    _assert_lists(message, ALL_PARTS)
-
-
-def test_no_attention_part_lists_attention_parts():
-    """A spec without attention cannot run; the message must offer the attention parts."""
-    with pytest.raises(StageError) as info:
-        resolve("liger+cce")
-    message = str(info.value)
-    assert "'liger+cce'" in message
-    assert "attention" in message
-    _assert_lists(message, ATTENTION)
-
-
-def test_two_attention_parts_lists_attention_parts():
-    """Two attention kernels at once is ambiguous; the message must offer the choices."""
-    with pytest.raises(StageError) as info:
-        resolve("sdpa+fa2+liger")
-    message = str(info.value)
-    assert "'sdpa+fa2+liger'" in message
-    assert "exactly one attention part" in message
-    _assert_lists(message, ATTENTION)
-
-
-def test_repeated_part_names_it_and_lists_parts():
-    """`sdpa+liger+liger` must name the repeated part itself (fails: only the spec is quoted)."""
-    with pytest.raises(StageError) as info:
-        resolve("sdpa+liger+liger")
-    message = str(info.value)
-    assert "repeated" in message
-    assert "'liger'" in message
-    _assert_lists(message, ALL_PARTS)
-
-
-def test_two_compile_parts_lists_compile_parts():
-    """Two compile modes conflict; the message must offer the compile parts (fails today)."""
-    with pytest.raises(StageError) as info:
-        resolve("sdpa+compile+compile-model")
-    message = str(info.value)
-    assert "'sdpa+compile+compile-model'" in message
-    assert "compile" in message
-    _assert_lists(message, COMPILES)
+    for word in words:
+        assert word in message
+    _assert_lists(message, options)
 
 
 def test_stage_error_is_value_error():

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagebench import PROTOCOL_VERSION, env, results, stages
+from stagebench import PROTOCOL_VERSION, results, stages
 from stagebench.workload import Workload, defaults_for
 
 # name -> (unit, where the value lives in a Result dict, what "better" means)
@@ -97,13 +97,12 @@ def store_path(root: Path) -> Path:
 
 
 def _too_few_gpus(workload: Workload) -> str | None:
-    """Known from NVML without a child (asv forks: no CUDA in this process)."""
-    if workload.nproc is None:
-        return None
-    if workload.device != "cuda":
+    """Multi-GPU classes are for GPUs only (the CLI may run ranks on a CPU; the suite does not)."""
+    from stagebench.isolate import gpus_missing
+
+    if workload.nproc is not None and workload.device != "cuda":
         return f"{workload.nproc}-GPU stage: needs CUDA GPUs, the device is {workload.device}"
-    visible = env.visible_gpu_count()
-    return f"needs {workload.nproc} GPUs, {visible} visible" if visible < workload.nproc else None
+    return gpus_missing(workload)
 
 
 def measure(stage: stages.Stage, store: Path, nproc: int | None = None) -> dict[str, Any]:
@@ -179,6 +178,7 @@ def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | Non
     workload_timeout = bench_workload().timeout_s
     cache.timeout = 2 * workload_timeout + 120  # the reference may run first; child start-up
     track_ok.unit = "ok"
+    history = f"{stage.spec}|nproc-{nproc}" if nproc else stage.spec
     body: dict[str, Any] = {
         "__doc__": f"{label}: {stage.spec}",
         "setup_cache": cache,
@@ -186,7 +186,7 @@ def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | Non
         "track_ok": track_ok,
         "timeout": cache.timeout,
         # Results from an older protocol or another spec are invalidated on purpose.
-        "version": f"{stage.spec}|{f'nproc-{nproc}|' if nproc else ''}protocol-{PROTOCOL_VERSION}",
+        "version": f"{history}|protocol-{PROTOCOL_VERSION}",
     }
     for name, (unit, key, _) in METRICS.items():
         body[f"track_{name}"] = tracker(key, unit)

@@ -27,10 +27,6 @@ class Rank:
     world_size: int
     local_rank: int
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 def current() -> Rank | None:
     """This process's place in a torchrun job; None outside one."""

@@ -110,12 +110,12 @@ def child_main(job_path: str, result_path: str) -> int:
         status, reason = classify(exc)
         result = Result(status=status, reason=reason, **base)
         traceback.print_exc()  # into the child's log, whose tail a failed Result carries
-    failed_at = time.time()
+    ended_at = time.time()  # which rank failed first
     result.env = env.collect()
     if rank is None:
         _write_atomically(Path(result_path), json.dumps(result.to_dict()))
         return 0
-    rank_result = {"rank": rank.rank, "time": failed_at, "result": result.to_dict()}
+    rank_result = {"rank": rank.rank, "time": ended_at, "result": result.to_dict()}
     _write_atomically(_rank_file(Path(result_path), rank.rank, "result"), json.dumps(rank_result))
     return 0 if result.status == "ok" else 1  # a rank that stops must end torchrun's job
 
@@ -178,11 +178,6 @@ def _kill_workers(tmp: Path) -> None:
             _kill_group(int(pid_file.read_text()))
 
 
-def _crash_reason(info: dict) -> str:
-    code = info.get("exitcode", 0)
-    return _describe_exit(code) if code < 0 else f"exit code {code} without a result"
-
-
 def root_cause(tmp: Path, nproc: int) -> tuple[int, Result] | None:
     """The rank whose failure ended a multi-process stage, from the ranks' own Results and
     torchrun's record of ranks that died without one (see the module docstring)."""
@@ -198,7 +193,7 @@ def root_cause(tmp: Path, nproc: int) -> tuple[int, Result] | None:
             if rank not in written and rank < nproc:
                 crashed = Result(
                     status="crashed",
-                    reason=_crash_reason(info),
+                    reason=_describe_exit(info["exitcode"]),
                     stage="",
                     spec="",
                     model="",
@@ -235,7 +230,8 @@ def _merged(tmp: Path, result_path: Path, nproc: int | None, base: dict) -> Resu
     return Result.from_dict(json.loads(main.read_text())["result"])
 
 
-def _gpus_missing(workload: Workload) -> str | None:
+def gpus_missing(workload: Workload) -> str | None:
+    """More ranks than visible GPUs, known from NVML without starting (or initialising) CUDA."""
     if workload.nproc is None or workload.device != "cuda":
         return None
     visible = env.visible_gpu_count()
@@ -259,7 +255,7 @@ def run_isolated(
         workload=workload.to_dict(),
         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    missing = _gpus_missing(workload)
+    missing = gpus_missing(workload)
     if missing:  # known without starting anything
         return Result(status="unavailable", reason=missing, env=env.collect(), **base)
     with tempfile.TemporaryDirectory(prefix="stagebench-") as tmp_name:

@@ -20,8 +20,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 def failure_report(exc: ChildFailedError) -> dict[str, dict]:
     return {
         str(rank): {
-            "exitcode": failure.exitcode,
-            "signal": failure.signal_name() if failure.exitcode < 0 else None,
+            "exitcode": failure.exitcode,  # negative: the signal that killed it
             "timestamp": failure.timestamp,
         }
         for rank, failure in exc.failures.items()

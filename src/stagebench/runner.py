@@ -212,22 +212,25 @@ def _timed_loop(model, optimizer, batches, workload: Workload, device, rank) -> 
             if done:
                 break
     times = timer.times_ms(all_steps=True)
-    cuda = device.type == "cuda"
-    memory = (
-        (
-            [torch.cuda.max_memory_allocated(device) / GIB],
-            [torch.cuda.max_memory_reserved(device) / GIB],
-            # cudaMalloc failures answered by freeing the cache and retrying: near the memory
-            # limit they, not the kernels, set the step time
-            [torch.cuda.memory_stats(device).get("num_alloc_retries", 0)],
-        )
-        if cuda
-        else (None, None, None)
-    )
+    memory = _peak_memory(device)
     run = TimedRun(times, first_step_s, loss_first, loss.item(), grad_norm_first, *memory)
     if rank:
         _merge_ranks(run, step, batches[workload.warmup_steps + measured :], device)
     return run
+
+
+def _peak_memory(device) -> tuple[list[float], list[float], list[int]] | tuple[None, None, None]:
+    """This rank's peak allocated and reserved GiB and allocator retries, as one-rank lists."""
+    if device.type != "cuda":
+        return None, None, None
+    # cudaMalloc failures answered by freeing the cache and retrying: near the memory limit
+    # they, not the kernels, set the step time
+    retries = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
+    return (
+        [torch.cuda.max_memory_allocated(device) / GIB],
+        [torch.cuda.max_memory_reserved(device) / GIB],
+        [retries],
+    )
 
 
 def _merge_ranks(run: TimedRun, step, spare_batches, device) -> None:
@@ -241,10 +244,10 @@ def _merge_ranks(run: TimedRun, step, spare_batches, device) -> None:
     )
     run.times_ms = [max(step_times) for step_times in zip(*(r[0] for r in ranks), strict=True)]
     run.per_rank_median_ms = [stats.summarize(r[0]).median for r in ranks]
-    if run.peak_allocated_gib is not None:
-        run.peak_allocated_gib = [r[1][0] for r in ranks]
-        run.peak_reserved_gib = [r[2][0] for r in ranks]
-        run.alloc_retries = [r[3][0] for r in ranks]
+    if run.peak_allocated_gib is not None:  # each rank's one-rank lists, joined in rank order
+        run.peak_allocated_gib = [v for r in ranks for v in r[1]]
+        run.peak_reserved_gib = [v for r in ranks for v in r[2]]
+        run.alloc_retries = [v for r in ranks for v in r[3]]
     run.comm = [r[4] for r in ranks]
 
 
