@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 
-from test_regress import MACHINE, MFU, OK, STEP_TIME, noisy, write_history
+import pytest
+from asv_history import (
+    MACHINE,
+    MFU,
+    OK,
+    STEP_TIME,
+    noisy,
+    speed_family,
+    write_history,
+)
 
 from stagebench import cli, results
 from stagebench.results import Metrics, Result
@@ -17,6 +27,7 @@ def _result(
     ci: float = 0.5,
     mfu: float = 35.0,
     reserved: float = 70.0,
+    workload: dict | None = None,
 ) -> Result:
     metrics = None
     if status == "ok":
@@ -54,7 +65,7 @@ def _result(
         status=status,
         reason=None if metrics else "oom",
         model="qwen3-8b",
-        workload={},
+        workload=workload or {"model": "qwen3-8b", "device": "cuda", "dtype": "bfloat16"},
         metrics=metrics,
     )
 
@@ -76,8 +87,11 @@ def test_result_sets_flag_a_slowdown_beyond_both_runs_ci(tmp_path, capsys):
     a, b = _files(tmp_path, [_result("00_sdpa")], [_result("00_sdpa", step_ms=330.0, mfu=31.8)])
     code, out = _run(capsys, str(a), str(b))
     assert code == 1
-    assert "| 00_sdpa | step_time_ms | 300.00 | 330.00 | +10.0 | 1.0 | 🔴 regressed |" in out
-    assert "| 00_sdpa | mfu | 35.00 | 31.80 | -9.1 | 1.0 | 🔴 regressed |" in out
+    row = next(line for line in out.splitlines() if "| step_time_ms |" in line)
+    assert "| 300.00 | 330.00 | +10.0 | 1.0 |" in row and "🔴 regressed" in row
+    mfu = next(line for line in out.splitlines() if "| mfu |" in line)
+    assert "(regressed, derived)" in mfu  # one finding, not five
+    assert "1 significant regression(s)" in out
 
 
 def test_result_sets_within_noise_are_the_same(tmp_path, capsys):
@@ -86,7 +100,7 @@ def test_result_sets_within_noise_are_the_same(tmp_path, capsys):
     )
     code, out = _run(capsys, str(a), str(b))
     assert code == 0, out  # +3% inside 4% of combined CI
-    assert "| 00_sdpa | step_time_ms | 300.00 | 309.00 | +3.0 | 4.0 | same |" in out
+    assert "| 00_sdpa | step_time_ms | 300.00 | 309.00 | +3.0 | 4.0 |" in out
 
 
 def test_result_sets_improvement_and_failure(tmp_path, capsys):
@@ -100,8 +114,42 @@ def test_result_sets_improvement_and_failure(tmp_path, capsys):
     verdicts = {(r["benchmark"], r["metric"]): r["verdict"] for r in data["rows"]}
     assert code == 1 and data["regressed"] == 1
     assert verdicts[("02_liger_sdpa", "ok")] == "regressed"
-    assert verdicts[("00_sdpa", "mfu")] == "improved"
+    assert verdicts[("00_sdpa", "step_time_ms")] == "improved"
     assert verdicts[("00_sdpa", "peak_reserved_gib")] == "same"
+    assert verdicts[("00_sdpa", "first_step_s")] == "unjudged"  # one value per run
+
+
+def test_a_stage_missing_on_one_side_is_reported_not_dropped(tmp_path, capsys):
+    a, b = _files(tmp_path, [_result("00_sdpa"), _result("02_liger_sdpa")], [_result("00_sdpa")])
+    code, out = _run(capsys, str(a), str(b))
+    assert code == 3, out
+    assert "02_liger_sdpa" in out and "missing" in out
+
+
+def test_nan_is_never_an_improvement(tmp_path, capsys):
+    a, b = _files(tmp_path, [_result("00_sdpa")], [_result("00_sdpa", mfu=math.nan)])
+    code, out = _run(capsys, str(a), str(b), "--format", "json")
+    rows = {r["metric"]: r for r in json.loads(out)["rows"]}
+    assert rows["mfu"]["verdict"] == "unjudged" and code == 0
+
+
+def test_different_workloads_do_not_compare(tmp_path, capsys):
+    cpu = {"model": "tiny", "device": "cpu", "dtype": "float32"}
+    a, b = _files(tmp_path, [_result("00_sdpa", workload=cpu)], [_result("00_sdpa")])
+    code = cli.main(["compare", str(a), str(b)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "different workloads" in err[0] and "'tiny' vs 'qwen3-8b'" in err[0]
+
+
+def test_a_missing_file_is_named_as_a_file(tmp_path, capsys):
+    a, _ = _files(tmp_path, [_result("00_sdpa")], [])
+    code = cli.main(["compare", str(a), str(tmp_path / "nope.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no such result file" in err[0], err
+    code = cli.main(["compare", str(a), "abc123"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "not one of each" in err[0]
 
 
 def test_commits_from_asv_history(tmp_path, capsys):
@@ -110,7 +158,7 @@ def test_commits_from_asv_history(tmp_path, capsys):
     hashes = write_history(tmp_path, {MFU: mfu, STEP_TIME: step, OK: [1.0] * 11 + [0.0]})
     code, out = _run(
         capsys,
-        hashes[2][:8],
+        hashes[7][:8],
         hashes[-1][:8],
         "--results",
         str(tmp_path),
@@ -126,8 +174,40 @@ def test_commits_from_asv_history(tmp_path, capsys):
     assert rows["ok"]["verdict"] == "regressed"
 
 
-def test_unknown_commit_is_bad_input(tmp_path, capsys):
-    write_history(tmp_path, {MFU: [35.0, 35.1, 34.9]})
-    code = cli.main(["compare", "deadbeef", "cafebabe", "--results", str(tmp_path)])
+def test_unchanged_code_on_a_loaded_machine_is_the_same(tmp_path, capsys):
+    """10% run-to-run noise: a 15% swing between two commits of unchanged code is noise."""
+    steps = noisy(3, 10, 300.0, 0.10)
+    steps[-1] = steps[4] * 0.85
+    hashes = write_history(tmp_path, speed_family(steps))
+    code, out = _run(
+        capsys, hashes[4][:10], hashes[-1][:10], "--results", str(tmp_path), "--format", "json"
+    )
+    rows = json.loads(out)["rows"]
+    assert code == 0 and {r["verdict"] for r in rows} == {"same"}, rows
+
+
+def test_too_little_history_at_the_first_commit_is_unjudged(tmp_path, capsys):
+    hashes = write_history(tmp_path, {STEP_TIME: [300.0, 301.0, 450.0]})
+    code, out = _run(capsys, hashes[1], hashes[2], "--results", str(tmp_path), "--format", "json")
+    (row,) = json.loads(out)["rows"]
+    assert (code, row["verdict"]) == (0, "unjudged")
+
+
+@pytest.mark.parametrize(
+    ("before", "message"),
+    [("", "empty commit"), ("deadbeef", "no results at commit 'deadbeef'")],
+)
+def test_bad_commits_are_bad_input(tmp_path, capsys, before, message):
+    hashes = write_history(tmp_path, {MFU: [35.0, 35.1, 34.9]})
+    code = cli.main(["compare", before, hashes[0], "--results", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "deadbeef" in err[0]
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_an_ambiguous_prefix_is_bad_input(tmp_path, capsys):
+    hashes = write_history(tmp_path, {MFU: [35.0] * 40})
+    first = {h[0] for h in hashes}
+    shared = next(c for c in sorted(first) if sum(h.startswith(c) for h in hashes) > 1)
+    code = cli.main(["compare", shared, hashes[-1], "--results", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "ambiguous" in err[0], err

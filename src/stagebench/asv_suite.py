@@ -29,18 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from stagebench import PROTOCOL_VERSION, results, stages
+from stagebench.metrics import METRICS
 from stagebench.workload import Workload, defaults_for
-
-# name -> (unit, where the value lives in a Result dict, what "better" means)
-METRICS: dict[str, tuple[str, str, str]] = {
-    "mfu": ("%", "mfu_pct", "higher"),
-    "seed_mfu": ("%", "seed_mfu_pct", "higher"),
-    "tflops": ("TFLOPS", "tflops", "higher"),
-    "tokens_per_s": ("tokens/s", "tokens_per_s", "higher"),
-    "step_time_ms": ("ms", "step_time_ms_median", "lower"),
-    "first_step_s": ("s", "first_step_s", "lower"),
-    "peak_reserved_gib": ("GiB", "peak_reserved_gib", "lower"),
-}
 
 
 def _device() -> str:
@@ -188,8 +178,8 @@ def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | Non
         # Results from an older protocol or another spec are invalidated on purpose.
         "version": f"{history}|protocol-{PROTOCOL_VERSION}",
     }
-    for name, (unit, key, _) in METRICS.items():
-        body[f"track_{name}"] = tracker(key, unit)
+    for name, metric in METRICS.items():
+        body[f"track_{name}"] = tracker(metric.key, metric.unit)
     return type(class_name, (), body)
 
 

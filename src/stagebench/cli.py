@@ -1,6 +1,8 @@
 """`stagebench ...`: thin; parses, validates, calls the rooms, prints.
 
-Exit codes: 0 every stage ok or unavailable, 1 a stage failed, 2 bad input.
+Exit codes: 0 every stage ok or unavailable (or: judged and clean), 1 a stage failed (or: a
+regression), 2 bad input, 3 cannot judge (regressions, compare: no readable history, machine not
+found, history too short).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ MATRICES = stages.MATRICES
 
 class BadInput(Exception):
     """Raised for input errors; main() prints it on one line and exits 2."""
+
+
+class CannotJudgeError(Exception):
+    """No history to judge by (regressions, compare); main() prints it and exits 3."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,6 +83,11 @@ def build_parser() -> Parser:
     reg.add_argument("--format", choices=["markdown", "json"], default="markdown")
     reg.add_argument("--machine", help="one machine's results (default: every machine)")
     reg.add_argument("--benchmark", metavar="REGEX", help="only benchmarks whose name matches")
+    reg.add_argument(
+        "--new-only",
+        action="store_true",
+        help="exit 1 only for regressions the newest commit brought (what a nightly alarms on)",
+    )
     cmp = sub.add_parser(
         "compare", help="two commits (asv history) or two JSONL result sets (exit 1 if worse)"
     )
@@ -249,32 +260,49 @@ def _regressions(args: argparse.Namespace) -> int:
 
     try:
         report = regress.check(args.results, machine=args.machine, benchmark=args.benchmark)
-    except regress.RegressError as exc:
+    except regress.HistoryError as exc:
         raise BadInput(str(exc)) from None
+    except regress.CannotJudge as exc:
+        raise CannotJudgeError(str(exc)) from None
     # print, not rich: markdown's brackets and backticks must reach the job summary as written
     print(regress.to_json(report) if args.format == "json" else regress.to_markdown(report))
-    return 1 if report.regressions else 0
+    alarming = report.new if args.new_only else report.regressions
+    return 1 if alarming else 0
+
+
+def _looks_like_file(value: str) -> bool:
+    if not value.strip():
+        return False
+    path = Path(value)
+    return path.exists() or path.suffix in (".jsonl", ".json") or len(path.parts) > 1
 
 
 def _compare(args: argparse.Namespace) -> int:
     _needs_asv("compare")
-    from stagebench import compare, regress
+    from stagebench import compare, history
 
-    files = [Path(args.before), Path(args.after)]
+    files = [_looks_like_file(v) for v in (args.before, args.after)]
     try:
-        if all(f.is_file() for f in files):
-            rows = compare.result_sets(*files)
+        if any(files):
+            if not all(files):
+                raise BadInput(
+                    f"compare takes two result files or two commits, not one of each: "
+                    f"{args.before!r}, {args.after!r}"
+                )
+            rows = compare.result_sets(Path(args.before), Path(args.after))
         else:
             rows = compare.commits(args.results, args.before, args.after, machine=args.machine)
-    except regress.RegressError as exc:
+    except history.HistoryError as exc:
         raise BadInput(str(exc)) from None
+    except history.CannotJudge as exc:
+        raise CannotJudgeError(str(exc)) from None
     text = (
         compare.to_json(rows)
         if args.format == "json"
         else compare.to_markdown(rows, args.before, args.after)
     )
     print(text)
-    return 1 if any(r.verdict == "regressed" for r in rows) else 0
+    return compare.exit_code(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)
         return 2
+    except CannotJudgeError as exc:
+        print(f"stagebench: cannot judge: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,24 +1,27 @@
-"""Compare two commits from the asv history, or two JSON Lines result sets, direction-aware.
+"""Compare two commits of the asv history, or two JSON Lines result sets, by the judge's rules.
 
-A change is significant when it is worse (or better) by more than both MIN_EFFECT and the noise:
-for commits, twice the sigma regress.noise() measures on that metric's own history; for result
-sets, the two runs' own 95% confidence half-widths of the median step time added together (for
-the metrics derived from it). ok -> failed is always significant.
+Commits: each series' value at the second commit is judged against the level the first commit
+belongs to (its segment of history up to it), with that segment's own noise; fewer than
+judge.MIN_BASELINE points there and the row says so instead of guessing.
+Result sets: the two runs' own 95% confidence half-widths of the median step time, added, are
+the noise of the speed family; memory is judged by the minimum effect alone; a first-step time is
+one value per run, so it is shown, not judged. Stages must have run the same workload.
+Metrics of one family are one finding (see regress.py); ok -> failed always counts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stagebench import regress, results
-from stagebench.asv_suite import METRICS
+from stagebench import judge, results
+from stagebench.history import CannotJudge, HistoryError, load
+from stagebench.metrics import FAMILY_LEAD, METRICS, OK_METRIC, family_of, metric_of, worse_sign
 
-MIN_EFFECT_PCT = 2.0
-NOISE_SIGMAS = 2.0
-# Metrics computed from the median step time share its confidence interval.
-FROM_STEP_TIME = ("mfu", "seed_mfu", "tflops", "tokens_per_s", "step_time_ms")
+# What must agree for two Results to be the same measurement.
+WORKLOAD_KEYS = ("model", "device", "dtype", "batch_size", "seq_len", "seed", "nproc")
 
 
 @dataclass(frozen=True)
@@ -29,76 +32,166 @@ class Row:
     after: float | None
     change_pct: float | None
     noise_pct: float | None
-    verdict: str  # "regressed", "improved", "same", "n/a"
+    bar_pct: float | None
+    verdict: str  # regressed, improved, same, unjudged, missing
+    note: str | None = None
+    lead: bool = True  # False for a metric derived from its family's lead (not counted again)
 
 
-def _verdict(
-    metric: str, before: float | None, after: float | None, noise_pct: float | None
-) -> tuple[float | None, str]:
-    if metric == "ok":
-        if before is None or after is None:
-            return None, "n/a"
-        return None, {(1, 0): "regressed", (0, 1): "improved"}.get((before, after), "same")
-    if before is None or after is None or before == 0:
-        return None, "n/a"
-    change = 100.0 * (after - before) / abs(before)
-    worse = regress.worse_sign(metric)
-    bar = max(MIN_EFFECT_PCT, noise_pct or 0.0)
-    if worse is None or abs(change) <= bar:
-        return change, "same"
-    return change, "regressed" if change * worse > 0 else "improved"
+def _row(benchmark: str, metric: str, j: judge.Judgement, note: str | None = None) -> Row:
+    return Row(
+        benchmark,
+        metric,
+        j.before,
+        j.after,
+        j.change_pct,
+        j.noise_pct,
+        j.bar_pct,
+        j.verdict,
+        note or j.reason,
+    )
 
 
-def _find(points: list[regress.Point], prefix: str) -> regress.Point | None:
-    matches = [p for p in points if p.commit.startswith(prefix)]
-    return matches[-1] if matches else None
+def _mark_derived(rows: list[Row]) -> list[Row]:
+    """Within each (benchmark, family), only the lead row counts; the others follow it."""
+    out = []
+    for r in rows:
+        family = family_of(r.metric)
+        leads = [x for x in rows if x.benchmark == r.benchmark and family_of(x.metric) == family]
+        lead_name = FAMILY_LEAD.get(family, r.metric)
+        judged = [x for x in leads if x.verdict != "unjudged"] or leads
+        counted = next((x for x in judged if x.metric == lead_name), judged[0])
+        out.append(Row(**{**asdict(r), "lead": r is counted}))
+    return out
+
+
+def resolve_commit(prefix: str, known: set[str]) -> str:
+    prefix = prefix.strip()
+    if not prefix:
+        raise HistoryError("an empty commit was given; give a hash or a unique prefix of one")
+    matches = sorted(c for c in known if c.startswith(prefix.lower()))
+    if not matches:
+        raise HistoryError(f"no results at commit {prefix!r} in the history")
+    if len(matches) > 1:
+        shown = ", ".join(m[:12] for m in matches[:4])
+        raise HistoryError(f"commit prefix {prefix!r} is ambiguous: it matches {shown}")
+    return matches[0]
 
 
 def commits(results_dir: Path, a: str, b: str, machine: str | None = None) -> list[Row]:
-    history = regress.load_history(results_dir, machine)
+    history = load(results_dir, machine)
+    known = history.commits()
+    ca, cb = resolve_commit(a, known), resolve_commit(b, known)
     rows: list[Row] = []
-    for series in history.values():
+    for series in history.series.values():
         for benchmark, points in sorted(series.items()):
-            pa, pb = _find(points, a), _find(points, b)
-            if pa is None or pb is None:
+            metric = metric_of(benchmark)
+            worse = worse_sign(metric)
+            at = {p.commit: p.value for p in points}
+            if worse is None or ca not in at or cb not in at:
                 continue
-            metric = regress.metric_of(benchmark)
-            values = [p.value for p in points if p.value is not None]
-            noise_pct = None
-            if len(values) >= 3 and pa.value:
-                noise_pct = 100.0 * NOISE_SIGMAS * regress.noise(values) / abs(pa.value)
-            change, verdict = _verdict(metric, pa.value, pb.value, noise_pct)
-            rows.append(Row(benchmark, metric, pa.value, pb.value, change, noise_pct, verdict))
+            va, vb = at[ca], at[cb]
+            if metric == OK_METRIC:
+                if va is None or vb is None:
+                    continue
+                verdict = {(1, 0): "regressed", (0, 1): "improved"}.get((int(va), int(vb)), "same")
+                rows.append(Row(benchmark, metric, va, vb, None, None, None, verdict))
+                continue
+            if va is None or vb is None:
+                note = "not measured at " + (a if va is None else b)
+                rows.append(Row(benchmark, metric, va, vb, None, None, None, "unjudged", note))
+                continue
+            measured = [p for p in points if p.value is not None]
+            index = next(i for i, p in enumerate(measured) if p.commit == ca)
+            baseline = judge.baseline_at([float(p.value) for p in measured], index)
+            j = judge.compare_levels(baseline, [float(vb)], worse, allow_noise_after=False)
+            rows.append(_row(benchmark, metric, j, f"{a} level: {len(baseline)} point(s)"))
     if not rows:
-        raise regress.RegressError(f"no benchmark has results at both {a} and {b}")
-    return rows
+        raise CannotJudge(f"no benchmark has results at both {a} and {b}")
+    return _mark_derived(rows)
 
 
 def _latest_by_stage(path: Path) -> dict[str, results.Result]:
+    if not path.exists():
+        raise HistoryError(f"no such result file: {path}")
     if not path.is_file():
-        raise regress.RegressError(f"no result file at {path}")
-    return {r.stage: r for r in results.load(path)}
+        raise HistoryError(f"{path} is not a file")
+    loaded = results.load(path)
+    if not loaded:
+        raise CannotJudge(f"{path} holds no readable result")
+    return {r.stage: r for r in loaded}
+
+
+def _workload_differences(ra: results.Result, rb: results.Result) -> list[str]:
+    wa, wb = ra.workload or {}, rb.workload or {}
+    return [
+        f"{key} {wa.get(key)!r} vs {wb.get(key)!r}"
+        for key in WORKLOAD_KEYS
+        if wa.get(key) != wb.get(key)
+    ]
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
 
 
 def result_sets(a: Path, b: Path) -> list[Row]:
     before, after = _latest_by_stage(a), _latest_by_stage(b)
+    mismatched = [
+        f"{stage}: {', '.join(diff)}"
+        for stage in sorted(set(before) & set(after))
+        if (diff := _workload_differences(before[stage], after[stage]))
+    ]
+    if mismatched:
+        raise HistoryError(
+            f"{a} and {b} ran different workloads, which do not compare: {'; '.join(mismatched)}"
+        )
     rows: list[Row] = []
-    for stage in sorted(set(before) & set(after)):
+    for stage in sorted(set(before) | set(after)):
+        if stage not in after or stage not in before:
+            where = b if stage not in after else a
+            missing = Row(stage, OK_METRIC, None, None, None, None, None, "missing")
+            rows.append(Row(**{**asdict(missing), "note": f"no result in {where}"}))
+            continue
         ra, rb = before[stage], after[stage]
         ok = (int(ra.status == "ok"), int(rb.status == "ok"))
-        rows.append(Row(stage, "ok", *ok, None, None, _verdict("ok", *ok, None)[1]))
+        verdict = {(1, 0): "regressed", (0, 1): "improved"}.get(ok, "same")
+        note = f"{ra.status} -> {rb.status}" if ra.status != rb.status else None
+        rows.append(Row(stage, OK_METRIC, *ok, None, None, None, verdict, note))
         if ra.metrics is None or rb.metrics is None:
             continue
-        spread = [m.step_time_ci95_pct for m in (ra.metrics, rb.metrics)]
-        ci = sum(spread) if None not in spread else None
-        for metric, (_, key, _) in METRICS.items():
-            va, vb = getattr(ra.metrics, key), getattr(rb.metrics, key)
-            noise_pct = ci if metric in FROM_STEP_TIME else None
-            change, verdict = _verdict(metric, va, vb, noise_pct)
-            rows.append(Row(stage, metric, va, vb, change, noise_pct, verdict))
-    if not rows:
-        raise regress.RegressError(f"{a} and {b} share no stage")
-    return rows
+        cis = [_number(m.step_time_ci95_pct) for m in (ra.metrics, rb.metrics)]
+        for metric in METRICS.values():
+            va = _number(getattr(ra.metrics, metric.key))
+            vb = _number(getattr(rb.metrics, metric.key))
+            if va is None or vb is None:
+                note = "not measured" if va is None and vb is None else "measured on one side only"
+                rows.append(Row(stage, metric.name, va, vb, None, None, None, "unjudged", note))
+                continue
+            if metric.family == "first_step":
+                j = judge.compare_runs(va, vb, metric.worse, None)
+                j = judge.Judgement(judge.UNJUDGED, "one value per run: no noise to judge by",
+                                    before=va, after=vb, change_pct=j.change_pct)  # fmt: skip
+            else:
+                noise = sum(cis) if metric.family == "speed" and None not in cis else None
+                j = judge.compare_runs(va, vb, metric.worse, noise)
+            rows.append(_row(stage, metric.name, j))
+    return _mark_derived(rows)
+
+
+def regressed(rows: list[Row]) -> int:
+    return sum(r.verdict == "regressed" and r.lead for r in rows)
+
+
+def exit_code(rows: list[Row]) -> int:
+    """1 a regression; 3 a stage missing on one side (cannot judge it); 0 clean."""
+    if regressed(rows):
+        return 1
+    if any(r.verdict == "missing" for r in rows):
+        return 3
+    return 0
 
 
 def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
@@ -108,22 +201,25 @@ def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
 
 
 def to_markdown(rows: list[Row], a: str, b: str) -> str:
-    marks = {"regressed": "🔴 regressed", "improved": "🟢 improved"}
+    marks = {"regressed": "🔴 regressed", "improved": "🟢 improved", "missing": "⚠️ missing"}
     lines = [
         f"### stagebench compare: {a} -> {b}",
         "",
-        "| Benchmark | Metric | Before | After | Change % | Noise % | Verdict |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| Benchmark | Metric | Before | After | Change % | Noise % | Bar % | Verdict | Note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    shown = [r for r in rows if r.verdict != "n/a"]
-    for r in sorted(shown, key=lambda r: (r.verdict != "regressed", r.benchmark, r.metric)):
+    order = {"regressed": 0, "missing": 1, "improved": 2}
+    for r in sorted(rows, key=lambda r: (order.get(r.verdict, 3), r.benchmark, r.metric)):
+        verdict = marks.get(r.verdict, r.verdict) if r.lead else f"({r.verdict}, derived)"
         lines.append(
             f"| {r.benchmark} | {r.metric} | {_num(r.before)} | {_num(r.after)} | "
             f"{_num(r.change_pct, 1, signed=True)} | {_num(r.noise_pct, 1)} | "
-            f"{marks.get(r.verdict, r.verdict)} |"
+            f"{_num(r.bar_pct, 1)} | {verdict} | {(r.note or '').replace('|', '/')} |"
         )
-    bad = sum(r.verdict == "regressed" for r in rows)
-    lines += ["", f"{bad} significant regression(s) in {len(shown)} comparison(s)."]
+    judged = sum(r.lead and r.verdict in ("regressed", "improved", "same") for r in rows)
+    missing = sum(r.verdict == "missing" for r in rows)
+    tail = f"{regressed(rows)} significant regression(s) in {judged} judged comparison(s)"
+    lines += ["", tail + (f"; {missing} stage(s) missing on one side." if missing else ".")]
     return "\n".join(lines)
 
 
@@ -131,7 +227,8 @@ def to_json(rows: list[Row]) -> str:
     return json.dumps(
         {
             "rows": [asdict(r) for r in rows],
-            "regressed": sum(r.verdict == "regressed" for r in rows),
+            "regressed": regressed(rows),
+            "missing": sum(r.verdict == "missing" for r in rows),
         },
         indent=2,
     )

@@ -1,108 +1,56 @@
-"""Change detection over a metric's history, read from asv's results directory.
+"""Regressions standing in asv's history, judged by the judging room (judge.py).
 
-The rule, per benchmark, machine and environment, over its points in commit-date order (skipped
-or failed runs, NaN or null, are dropped first; a measured metric needs 6 points to be judged):
+Per (machine, environment) and benchmark, over its points in commit-date order:
+- a measured metric's latest level is compared with the level before it (judge.latest): noise
+  from the segment before the change, on a log scale, with a bar that grows when that segment is
+  short. Only series measured at their newest commit are judged.
+- `track_ok` is not noisy: a regression is a latest run that failed (0) after one that was ok.
+- metrics computed from one measurement (step time, tokens/s, TFLOPS, both MFUs all come from the
+  median step time) are one finding, named by the family's lead metric, the others listed.
+- a finding is `new` when the history without its newest commit did not show it: that is what a
+  nightly alarm fires on; older standing regressions are reported, not re-alarmed.
 
-1. Noise is the metric's own: sigma is the mean of the smallest 80% of |y[i+1] - y[i]|, scaled to
-   a Gaussian sigma (a step adds one large difference, which the trim drops). The bars below use
-   it widened by (1 + 2 / sqrt(differences)): a short history's estimate is itself unsure.
-2. Values are flipped so that worse is up; asv's Potts solver fits a piecewise-constant model with
-   a jump penalty of 2 sigma ln(n), and asv's ``detect_regressions`` keeps the upward steps that
-   still stand at the latest point (a regression fixed later is not reported).
-3. A step counts only when it clears both neighbouring segments' bar: max(1% of the level,
-   2 sigma, 4 sigma sqrt(2 / points in the segment)). So nothing under 1% or under twice the
-   noise ever alarms, and a step onto one newest point needs about 5.7 sigma.
-4. ``track_ok`` is not noisy: a regression is a latest run that failed (0) after one that was ok.
-
-Each regression names the last good commit (end of the segment before the step), the first bad
-one (start of the segment after it), the median before and the best level after (asv's
-convention: only what persisted). Benchmarks whose better direction is unknown are not judged.
+Exit codes (cli): 0 judged and clean, 1 a regression stands, 2 bad input, 3 cannot judge.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import re
 import shlex
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
-from asv import step_detect, util
-from asv.benchmarks import Benchmarks
-from asv.results import iter_results_for_machine
+from stagebench import judge
+from stagebench.history import CannotJudge, History, HistoryError, Point, Source, load
+from stagebench.metrics import (
+    FAMILY_LEAD,
+    OK_METRIC,
+    family_of,
+    metric_of,
+    stage_class_of,
+    worse_sign,
+)
 
-from stagebench.asv_suite import METRICS
-
-MIN_POINTS = 6  # fewer, and the noise estimate is too unsure to judge by
-MIN_EFFECT = 0.01  # relative: below 1% nothing is a regression, however quiet the metric
-NOISE_FLOOR = 2.0  # sigmas: a step must be at least twice the noise of one run
-SIGNIFICANCE = 4.0  # sigmas of a segment's median (sigma * sqrt(2 / n)) a step must clear
-JUMP_PENALTY = 2.0  # Potts cost of one step, in sigma * ln(n)
-UNSURE = 2.0  # widens sigma by (1 + UNSURE / sqrt(differences)) for short histories
-KEEP = 0.8  # share of the smallest point-to-point differences the noise is measured on
-# |difference| of two N(0, 1) runs, kept below its KEEP quantile, has this mean: sigma's scale.
-_Q = statistics.NormalDist().inv_cdf(0.5 + KEEP / 2)
-_KEPT_MEAN = math.sqrt(2) * 2 * (statistics.NormalDist().pdf(0) - statistics.NormalDist().pdf(_Q))
-_KEPT_MEAN /= KEEP
-
-# Which way is better, by metric (the track_ method without its prefix): the suite's own table.
-HIGHER_IS_BETTER = frozenset(m for m, (_, _, better) in METRICS.items() if better == "higher")
-LOWER_IS_BETTER = frozenset(m for m, (_, _, better) in METRICS.items() if better == "lower")
-OK_METRIC = "ok"
-# asv's own benchmark types are all lower-is-better.
-LOWER_IS_BETTER_PREFIXES = ("time_", "mem_", "peakmem_")
-
-
-class RegressError(ValueError):
-    """Results that cannot be read as asked: a missing directory, an unknown machine."""
-
-
-class Point(NamedTuple):
-    commit: str
-    date: int
-    value: float | None
-
-
-class Source(NamedTuple):
-    """One history: asv keeps a machine's environments apart, so do we."""
-
-    machine: str
-    env: str
-
-
-# (machine, env) -> benchmark name -> points in commit-date order
-History = dict[Source, dict[str, list[Point]]]
+__all__ = ["CannotJudge", "HistoryError", "check", "to_json", "to_markdown"]
 
 
 @dataclass(frozen=True)
-class Step:
-    """A regression inside one series: indices into its non-missing points."""
-
-    last_good: int
-    first_bad: int
-    before: float
-    after: float
-    noise: float | None
-
-
-@dataclass(frozen=True)
-class Regression:
+class Finding:
     machine: str
     env: str
-    benchmark: str
+    benchmark: str  # the lead metric's asv name
     metric: str
-    direction: str  # "drop", "rise" or "ok->failed"
-    good: str
-    bad: str
-    before: float
-    after: float
-    change_pct: float | None
-    noise_pct: float | None
+    direction: str  # "rise", "drop" or "ok->failed"
+    good: str  # last good commit
+    bad: str  # first bad commit
+    judgement: judge.Judgement
+    derived: tuple[tuple[str, float | None], ...] = ()  # (metric, change %) of the family
+    new: bool = False
+
+    @property
+    def stage(self) -> str:
+        return stage_class_of(self.benchmark).rsplit(".", 1)[-1]
 
     @property
     def bisect(self) -> str:
@@ -110,213 +58,162 @@ class Regression:
         return f"nox -s bisect -- {self.good} {self.bad} {shlex.quote(name)}"
 
     def to_dict(self) -> dict[str, object]:
+        j = self.judgement
         return {
             "benchmark": self.benchmark,
+            "stage": self.stage,
             "metric": self.metric,
             "direction": self.direction,
             "machine": self.machine,
             "env": self.env,
             "good": self.good,
             "bad": self.bad,
-            "before": self.before,
-            "after": self.after,
-            "change_pct": self.change_pct,
-            "noise_pct": self.noise_pct,
+            "before": j.before,
+            "after": j.after,
+            "change_pct": j.change_pct,
+            "noise_pct": j.noise_pct,
+            "bar_pct": j.bar_pct,
+            "points_before": j.n_before,
+            "points_after": j.n_after,
+            "noise_note": j.reason,
+            "derived": [{"metric": m, "change_pct": c} for m, c in self.derived],
+            "new": self.new,
             "bisect": self.bisect,
         }
 
 
 @dataclass
 class Report:
-    regressions: list[Regression]
-    checked: int
+    regressions: list[Finding]
+    improvements: list[Finding]
+    checked: int  # series judged
     commits: int
-    unjudged: list[str] = field(default_factory=list)
+    latest: str | None  # the newest commit in the judged history
+    unjudged: dict[str, str] = field(default_factory=dict)  # series -> why not
     sources: list[Source] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
+
+    @property
+    def new(self) -> list[Finding]:
+        return [f for f in self.regressions if f.new]
 
 
-def metric_of(benchmark: str) -> str:
-    """`stages.Stage_00_sdpa.track_mfu(...)` -> `mfu`."""
-    method = benchmark.split("(", 1)[0].rsplit(".", 1)[-1]
-    return method.removeprefix("track_")
-
-
-def worse_sign(metric: str) -> int | None:
-    """+1 when a rise is bad, -1 when a drop is, None when stagebench does not know."""
-    if metric in HIGHER_IS_BETTER or metric == OK_METRIC:
-        return -1
-    if metric in LOWER_IS_BETTER or metric.startswith(LOWER_IS_BETTER_PREFIXES):
-        return 1
-    return None
-
-
-def machines(results_dir: Path) -> list[str]:
-    """Machine directories: those asv wrote a machine.json into."""
-    return sorted(p.parent.name for p in results_dir.glob("*/machine.json"))
-
-
-def _current_benchmarks(results_dir: Path) -> dict | None:
-    """benchmarks.json, when present: results of an older benchmark version are not comparable."""
-    path = results_dir / "benchmarks.json"
-    if not path.exists():
-        return None
-    try:
-        return util.load_json(str(path), api_version=Benchmarks.api_version)
-    except util.UserError as exc:
-        raise RegressError(str(exc)) from None
-
-
-def load_history(
-    results_dir: Path, machine: str | None = None, benchmark: str | None = None
-) -> History:
-    """Every benchmark's points per (machine, env), in commit-date order, as plain data.
-
-    A parameterized benchmark yields one series per parameter combination, named as asv names
-    them: ``name(p1, p2)``. A failed or skipped run is a point whose value is None.
-    """
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise RegressError(f"no asv results directory at {results_dir}")
-    known = machines(results_dir)
-    if not known:
-        raise RegressError(f"no asv results in {results_dir} (no <machine>/machine.json)")
-    if machine is not None and machine not in known:
-        raise RegressError(f"machine {machine!r} has no results in {results_dir}; have: {known}")
-    try:
-        pattern = re.compile(benchmark) if benchmark else None
-    except re.error as exc:
-        raise RegressError(f"benchmark pattern {benchmark!r} is not a regex ({exc})") from None
-    current = _current_benchmarks(results_dir)
-
-    history: History = {}
-    for name in [machine] if machine else known:
-        for result in iter_results_for_machine(str(results_dir), name):
-            series = history.setdefault(Source(name, result.env_name), {})
-            keys = result.get_result_keys(current) if current else result.get_all_result_keys()
-            for key in keys:
-                params = current[key]["params"] if current else result.get_result_params(key)
-                combos = list(itertools.product(*params)) if params else [()]
-                values = result.get_result_value(key, params)
-                for combo, value in zip(combos, values, strict=True):
-                    label = f"{key}({', '.join(combo)})" if combo else key
-                    if pattern and not pattern.search(label):
-                        continue
-                    measured = isinstance(value, int | float) and not util.is_na(value)
-                    point = Point(result.commit_hash, result.date, value if measured else None)
-                    series.setdefault(label, []).append(point)
-    history = {source: series for source, series in history.items() if series}
-    for series in history.values():
-        for points in series.values():
-            points.sort(key=lambda p: (p.date or 0, p.commit))
-    if pattern and not history:
-        raise RegressError(f"no benchmark matches {benchmark!r}")
-    return history
-
-
-def noise(values: Sequence[float]) -> float:
-    """Sigma of one run, from point-to-point differences (a step is one large difference)."""
-    diffs = sorted(abs(b - a) for a, b in itertools.pairwise(values))
-    if not diffs:
-        return 0.0
-    kept = diffs[: max(1, int(len(diffs) * KEEP))]
-    sigma = statistics.fmean(kept) / _KEPT_MEAN
-    if sigma == 0.0:  # mostly identical runs (quantized values): all differences then
-        sigma = statistics.fmean(diffs) * math.sqrt(math.pi) / 2
-    return sigma
-
-
-def find_steps(values: Sequence[float], worse: int) -> list[Step]:
-    """Regressions in one series of measured values (see the module docstring for the rule)."""
-    n = len(values)
-    measured_noise = noise(values)
-    if n < MIN_POINTS or measured_noise == 0.0:
-        return []
-    sigma = measured_noise * (1 + UNSURE / math.sqrt(n - 1))
-    flipped = [worse * v for v in values]
-    # The penalty comes from the noise: asv's automatic one (detect_steps) often reads a clear
-    # step in a short history as correlated noise and fits one flat segment.
-    rights, levels, dists = step_detect.solve_potts_approx(
-        flipped, [1.0] * n, gamma=JUMP_PENALTY * sigma * math.log(n)
-    )
-    steps = []
-    lefts = [0, *rights[:-1]]
-    for left, right, level, dist in zip(lefts, rights, levels, dists, strict=True):
-        size = right - left
-        bar = max(
-            abs(dist) / size,  # asv's own error estimate: mean deviation in the segment
-            MIN_EFFECT * abs(level),
-            NOISE_FLOOR * sigma,
-            SIGNIFICANCE * sigma * math.sqrt(2 / size),
-        )
-        steps.append((left, right, level, min(flipped[left:right]), bar))
-    _, _, jumps = step_detect.detect_regressions(steps)  # reads the 5th field as the bar
-    return [
-        Step(last_good, first_bad, worse * before, worse * after, measured_noise)
-        for last_good, first_bad, before, after in jumps or []
-        # one run at the very start is no baseline: it may be an outlier nothing followed
-        if last_good > 0
-    ]
-
-
-def find_failure(values: Sequence[float]) -> list[Step]:
+def find_failure(values: Sequence[float]) -> judge.Judgement:
     """ok -> failed: the latest run failed and an earlier one was ok."""
-    if not values or values[-1] >= 0.5:
-        return []
+    if not values:
+        return judge.Judgement(judge.UNJUDGED, "never measured")
+    if values[-1] >= 0.5:
+        return judge.Judgement(judge.SAME)
     for i in range(len(values) - 1, -1, -1):
         if values[i] >= 0.5:
-            return [Step(i, i + 1, values[i], values[i + 1], None)]
-    return []  # never worked: nothing to bisect
+            return judge.Judgement(
+                judge.REGRESSED, last_good=i, first_bad=i + 1, before=1.0, after=0.0,
+                change_pct=-100.0, n_before=i + 1, n_after=len(values) - i - 1,
+            )  # fmt: skip
+    return judge.Judgement(judge.SAME, "never ran ok: nothing to bisect")
 
 
-def _pct(part: float | None, whole: float) -> float | None:
-    if part is None or whole == 0:
-        return None
-    return round(100 * part / abs(whole), 3)
+def _judge_series(metric: str, points: list[Point]) -> judge.Judgement:
+    measured = [p for p in points if p.value is not None]
+    values = [float(p.value) for p in measured]
+    if metric == OK_METRIC:
+        return find_failure(values)
+    if not points or points[-1].value is None:
+        return judge.Judgement(judge.UNJUDGED, "not measured at its newest commit")
+    return judge.latest(values, worse_sign(metric))
+
+
+@dataclass
+class _Series:
+    name: str
+    metric: str
+    points: list[Point]
+    now: judge.Judgement
+    before: judge.Judgement | None  # judged without the newest commit
+
+
+def _commit_at(points: list[Point], index: int) -> str:
+    return [p for p in points if p.value is not None][index].commit
 
 
 def check(results_dir: Path, machine: str | None = None, benchmark: str | None = None) -> Report:
-    """Load the history and judge every benchmark with a known better direction."""
-    history = load_history(results_dir, machine, benchmark)
-    regressions: list[Regression] = []
-    unjudged: list[str] = []
-    commits: set[str] = set()
-    checked = 0
-    for source, series in sorted(history.items()):
+    """Load the history and judge every benchmark whose better direction is known."""
+    history: History = load(results_dir, machine, benchmark)
+    commits = history.commits()
+    newest = max(
+        (p for s in history.series.values() for pts in s.values() for p in pts),
+        key=lambda p: (p.date, p.commit),
+    ).commit
+    report = Report([], [], 0, len(commits), newest, skipped_files=history.skipped)
+    report.sources = sorted(history.series)
+    for source, series in sorted(history.series.items()):
+        groups: dict[tuple[str, str], list[_Series]] = {}
         for name, points in sorted(series.items()):
-            commits.update(p.commit for p in points)
             metric = metric_of(name)
-            worse = worse_sign(metric)
-            if worse is None:
-                unjudged.append(name)
+            if worse_sign(metric) is None:
+                report.unjudged[name] = "no known better direction"
                 continue
-            checked += 1
-            measured = [p for p in points if p.value is not None]
-            values = [float(p.value) for p in measured]
-            if metric == OK_METRIC:
-                found, direction = find_failure(values), "ok->failed"
+            now = _judge_series(metric, points)
+            if now.verdict == judge.UNJUDGED:
+                report.unjudged[name] = now.reason or "unjudged"
+                continue
+            report.checked += 1
+            earlier = [p for p in points if p.commit != newest]
+            before = _judge_series(metric, earlier) if len(earlier) < len(points) else now
+            key = (stage_class_of(name), family_of(metric))
+            groups.setdefault(key, []).append(_Series(name, metric, points, now, before))
+        for (_, family), members in sorted(groups.items()):
+            finding = _finding(source, family, members)
+            if finding is None:
+                continue
+            if finding.judgement.verdict == judge.REGRESSED:
+                report.regressions.append(finding)
             else:
-                found, direction = find_steps(values, worse), "drop" if worse < 0 else "rise"
-            for step in found:
-                regressions.append(
-                    Regression(
-                        machine=source.machine,
-                        env=source.env,
-                        benchmark=name,
-                        metric=metric,
-                        direction=direction,
-                        good=measured[step.last_good].commit,
-                        bad=measured[step.first_bad].commit,
-                        before=step.before,
-                        after=step.after,
-                        change_pct=_pct(step.after - step.before, step.before),
-                        noise_pct=_pct(step.noise, step.before),
-                    )
-                )
-    return Report(regressions, checked, len(commits), sorted(set(unjudged)), sorted(history))
+                report.improvements.append(finding)
+    if report.checked == 0:
+        reasons = sorted(set(report.unjudged.values()))
+        raise CannotJudge(
+            f"no series could be judged ({len(report.unjudged)} not judged: "
+            f"{'; '.join(reasons[:3])})"
+        )
+    return report
+
+
+def _finding(source: Source, family: str, members: list[_Series]) -> Finding | None:
+    """One finding per family: the lead metric's judgement, the others listed beside it."""
+    changed = [m for m in members if m.now.changed]
+    if not changed:
+        return None
+    lead_name = FAMILY_LEAD.get(family)
+    lead = next((m for m in changed if m.metric == lead_name), changed[0])
+    j = lead.now
+    worse = worse_sign(lead.metric)
+    if lead.metric == OK_METRIC:
+        direction = "ok->failed"
+    else:
+        direction = "rise" if worse > 0 else "drop"
+        if j.verdict == judge.IMPROVED:
+            direction = "drop" if worse > 0 else "rise"
+    new = j.verdict == judge.REGRESSED and (
+        lead.before is None or lead.before.verdict != judge.REGRESSED
+    )
+    derived = tuple((m.metric, m.now.change_pct) for m in changed if m is not lead)
+    return Finding(
+        machine=source.machine,
+        env=source.env,
+        benchmark=lead.name,
+        metric=lead.metric,
+        direction=direction,
+        good=_commit_at(lead.points, j.last_good),
+        bad=_commit_at(lead.points, j.first_bad),
+        judgement=j,
+        derived=derived,
+        new=new,
+    )
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return f"{n} {word}{'' if n == 1 or word.endswith('s') else 's'}"
 
 
 def _cell(text: str) -> str:
@@ -326,57 +223,83 @@ def _cell(text: str) -> str:
 def _num(value: float | None, suffix: str = "", signed: bool = False) -> str:
     if value is None:
         return "-"
-    return f"{value:+.2f}{suffix}" if signed else f"{value:.4g}{suffix}"
+    return f"{value:+.1f}{suffix}" if signed else f"{value:.4g}{suffix}"
+
+
+def _row(f: Finding, machines: bool) -> list[str]:
+    j = f.judgement
+    also = ", ".join(f"{m} {_num(c, '%', signed=True)}" for m, c in f.derived)
+    metric = f.direction if f.metric == OK_METRIC else f"{f.metric} {f.direction}"
+    row = [
+        f"`{_cell(f.stage)}`",
+        metric + (f" (with {also})" if also else ""),
+        _num(j.change_pct, "%", signed=True),
+        _num(j.before),
+        _num(j.after),
+        "-" if j.noise_pct is None else f"±{j.noise_pct:.2f}%",
+        "-" if j.bar_pct is None else f"{j.bar_pct:.1f}%",
+        f"{j.n_before} / {j.n_after}",
+        f"`{f.good[:8]}`",
+        f"`{f.bad[:8]}`",
+        "**new**" if f.new else "standing",
+    ]
+    if machines:
+        row.insert(0, _cell(f"{f.machine} ({f.env})"))
+    return row
 
 
 def to_markdown(report: Report) -> str:
-    """A GitHub job summary: one line when clean; a table and bisect commands otherwise."""
-    scope = f"{_plural(report.checked, 'benchmark')} over {_plural(report.commits, 'commit')}"
-    note = ""
-    if report.unjudged:
-        note = f" ({len(report.unjudged)} more not judged: no known better direction)"
-    if not report.regressions:
-        return f"No regressions in {scope}{note}."
+    """A job summary: one line when clean; tables and bisect commands otherwise."""
+    scope = f"{_plural(report.checked, 'series')} over {_plural(report.commits, 'commit')}"
+    lines: list[str] = []
     many = len(report.sources) > 1
-    envs_per_machine = len({s.machine for s in report.sources}) < len(report.sources)
-    header = ["Benchmark", "Metric", "Change", "Before", "After", "Noise", "Last good", "First bad"]
+    header = ["Stage", "Metric", "Change", "Before", "After", "Noise", "Bar", "Points"]
+    header += ["Last good", "First bad", ""]
     if many:
         header.insert(0, "Machine")
-    lines = [
-        "### Performance regressions",
-        "",
-        f"{_plural(len(report.regressions), 'regression')} in {scope}{note}.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for r in report.regressions:
-        row = [
-            f"`{_cell(r.benchmark)}`",
-            r.direction if r.metric == OK_METRIC else f"{r.metric} {r.direction}",
-            _num(r.change_pct, "%", signed=True),
-            _num(r.before),
-            _num(r.after),
-            "-" if r.noise_pct is None else f"±{r.noise_pct:.2f}%",
-            f"`{r.good[:8]}`",
-            f"`{r.bad[:8]}`",
+    if not report.regressions:
+        lines.append(f"No regressions in {scope}.")
+    else:
+        new = len(report.new)
+        lines += [
+            "### Performance regressions",
+            "",
+            f"{_plural(len(report.regressions), 'regression')} ({new} new) in {scope}.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
         ]
-        if many:
-            row.insert(0, _cell(f"{r.machine} ({r.env})" if envs_per_machine else r.machine))
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Bisect each one (last good, first bad):", "", "```sh"]
-    lines += [r.bisect for r in report.regressions]
-    lines.append("```")
+        lines += ["| " + " | ".join(_row(f, many)) + " |" for f in report.regressions]
+        lines += ["", "Bisect each one (last good, first bad):", "", "```sh"]
+        lines += [f.bisect for f in report.regressions]
+        lines.append("```")
+    if report.improvements:
+        lines += ["", f"Improvements: {len(report.improvements)}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_row(f, many)) + " |" for f in report.improvements]
+    if report.unjudged:
+        by_reason: dict[str, int] = {}
+        for reason in report.unjudged.values():
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+        counts = "; ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items()))
+        lines += ["", f"Not judged: {len(report.unjudged)} series ({counts})."]
+    if report.skipped_files:
+        lines += ["", f"Unreadable result files skipped: {len(report.skipped_files)}"]
+        lines += [f"- {_cell(s)}" for s in report.skipped_files[:10]]
     return "\n".join(lines)
 
 
 def to_json(report: Report) -> str:
     return json.dumps(
         {
-            "regressions": [r.to_dict() for r in report.regressions],
+            "regressions": [f.to_dict() for f in report.regressions],
+            "improvements": [f.to_dict() for f in report.improvements],
+            "new": len(report.new),
             "checked": report.checked,
             "commits": report.commits,
+            "latest": report.latest,
             "unjudged": report.unjudged,
+            "skipped_files": report.skipped_files,
         },
         indent=2,
     )

@@ -1,0 +1,288 @@
+"""The judging room: is a change in a metric real, given the noise measured where it matters?
+
+One rule serves `regressions` (the latest level of each series), `compare` (one commit against
+another) and the site, so the three never disagree on what is noise:
+
+1. Values go on a log scale: changes are relative, and a metric's noise grows with its level
+   (a cold compile is noisier in seconds than a warm one, not in percent).
+2. A series is cut into segments of constant level by asv's Potts solver (L1, so robust to
+   outliers), with a jump penalty from the series' own point-to-point noise. A lone point between
+   two segments is an outlier, not a level: it joins its closer neighbour.
+3. A change between two segments is judged against the noise of the segment before it alone
+   (its standard deviation, leaving out its most extreme point from TRIM_FROM points on), never
+   against noise measured after the change. Only when that segment has two points (a level, but
+   no noise estimate) is the noise of the segment after it used, and the judgement says so; one
+   point is no level at all.
+4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
+   one-sided Student-t bound at CONFIDENCE for the difference of the two levels, so that few
+   points of history need a larger change: with 3 points before, a change must exceed about 26
+   sigma; with 10, about 5 sigma.
+
+Standard library and asv only: the history side runs without torch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from asv import step_detect
+
+MIN_EFFECT = 0.01  # relative: below 1% nothing is a change, however quiet the metric
+NOISE_FLOOR = 2.0  # a change must be at least twice one run's noise
+CONFIDENCE = 0.999  # one-sided, per judgement: one false alarm in about a thousand quiet ones
+MIN_BASELINE = 3  # points a segment needs before its noise is believed
+TRIM_FROM = 5  # from this many points on, the most extreme one is left out of the noise
+JUMP_PENALTY = 2.0  # Potts cost of one level change, in sigma * ln(points)
+KEEP = 0.8  # share of the smallest point-to-point differences the segmentation noise uses
+# |difference| of two N(0, 1) runs, kept below its KEEP quantile, has this mean: sigma's scale.
+_Q = statistics.NormalDist().inv_cdf(0.5 + KEEP / 2)
+_KEPT_MEAN = math.sqrt(2) * 2 * (statistics.NormalDist().pdf(0) - statistics.NormalDist().pdf(_Q))
+_KEPT_MEAN /= KEEP
+# Student t at CONFIDENCE (one-sided) by degrees of freedom; between entries interpolate in 1/df.
+_T999 = {
+    1: 318.31, 2: 22.327, 3: 10.215, 4: 7.173, 5: 5.893, 6: 5.208, 7: 4.785, 8: 4.501,
+    9: 4.297, 10: 4.144, 12: 3.930, 15: 3.733, 20: 3.552, 30: 3.385, 60: 3.232, 120: 3.160,
+}  # fmt: skip
+_Z999 = 3.090
+
+REGRESSED, IMPROVED, SAME, UNJUDGED = "regressed", "improved", "same", "unjudged"
+
+
+def t_quantile(df: int) -> float:
+    """One-sided Student-t quantile at CONFIDENCE (the table's own; no scipy here)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, not {df}")
+    if df in _T999:
+        return _T999[df]
+    known = sorted(_T999)
+    if df > known[-1]:
+        lo, hi, t_lo, t_hi = known[-1], math.inf, _T999[known[-1]], _Z999
+    else:
+        i = bisect.bisect(known, df)
+        lo, hi = known[i - 1], known[i]
+        t_lo, t_hi = _T999[lo], _T999[hi]
+    x, x_lo, x_hi = 1 / df, 1 / lo, 0.0 if hi == math.inf else 1 / hi
+    return t_hi + (t_lo - t_hi) * (x - x_hi) / (x_lo - x_hi)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str  # regressed, improved, same or unjudged
+    reason: str | None = None  # why unjudged, or where the noise came from when unusual
+    last_good: int | None = None  # index of the last point before the change
+    first_bad: int | None = None  # index of the first point after it
+    before: float | None = None  # level before (median, in the metric's units)
+    after: float | None = None  # level after
+    change_pct: float | None = None
+    noise_pct: float | None = None  # one run's noise where it was measured, % of the level
+    bar_pct: float | None = None  # the smallest change that would have counted, %
+    n_before: int = 0
+    n_after: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return self.verdict in (REGRESSED, IMPROVED)
+
+
+def _log(values: Sequence[float]) -> list[float] | None:
+    """Log-scale values; None when some are not positive (then there is no relative scale)."""
+    if any(not v > 0 for v in values):
+        return None
+    return [math.log(v) for v in values]
+
+
+def spread(ys: Sequence[float]) -> tuple[float, int]:
+    """(one run's standard deviation, degrees of freedom) of a segment's values.
+
+    From TRIM_FROM points on, the point farthest from the median is left out: one outlier must
+    not widen the bar for every later change.
+    """
+    kept = list(ys)
+    if len(kept) >= TRIM_FROM:
+        mid = statistics.median(kept)
+        kept.remove(max(kept, key=lambda y: abs(y - mid)))
+    if len(kept) < 2:
+        return math.nan, 0
+    return statistics.stdev(kept), len(kept) - 1
+
+
+def _median_variance(n: int) -> float:
+    """Variance of a median of n runs, in units of one run's variance (pi/2 for large n)."""
+    return 1.0 if n <= 2 else math.pi / 2 / n
+
+
+def _pct(log_ratio: float) -> float:
+    return 100.0 * math.expm1(log_ratio)
+
+
+def compare_levels(
+    before: Sequence[float], after: Sequence[float], worse: int, *, allow_noise_after: bool = True
+) -> Judgement:
+    """Is the level of `after` worse (or better) than that of `before`? Values in their units."""
+    nb, na = len(before), len(after)
+    if not nb or not na:
+        raise ValueError("both sides need at least one value")
+    level_b, level_a = statistics.median(before), statistics.median(after)
+    base = Judgement(SAME, before=level_b, after=level_a, n_before=nb, n_after=na)
+    logs_b, logs_a = _log(before), _log(after)
+    if logs_b is None or logs_a is None:
+        # No relative scale (zeros, negatives): only an exact, persistent difference counts.
+        if level_b == level_a:
+            return base
+        if level_b == 0:
+            verdict = REGRESSED if (level_a - level_b) * worse > 0 else IMPROVED
+            return Judgement(verdict, "no relative scale (level 0)", **_fields(base))
+        logs_b = [v / abs(level_b) for v in before]
+        logs_a = [v / abs(level_b) for v in after]
+    effect = statistics.median(logs_a) - statistics.median(logs_b)
+    sigma, df = spread(logs_b)
+    reason = None
+    if nb < MIN_BASELINE or df < 1:
+        # One run is no level (it may be the outlier); two are, but their noise is not known.
+        if nb >= 2 and allow_noise_after and na >= MIN_BASELINE:
+            sigma, df = spread(logs_a)
+            reason = f"noise from the {na} points after the change ({nb} before it)"
+        else:
+            return Judgement(
+                UNJUDGED,
+                f"{nb} point{'s' * (nb != 1)} before the change, {MIN_BASELINE} needed",
+                change_pct=_pct(effect),
+                **{k: v for k, v in _fields(base).items() if k != "change_pct"},
+            )
+    margin = t_quantile(df) * sigma * math.sqrt(_median_variance(nb) + _median_variance(na))
+    bar = max(math.log1p(MIN_EFFECT), NOISE_FLOOR * sigma, margin)
+    verdict = SAME
+    if abs(effect) > bar:
+        verdict = REGRESSED if effect * worse > 0 else IMPROVED
+    return Judgement(
+        verdict,
+        reason,
+        before=level_b,
+        after=level_a,
+        change_pct=_pct(effect),
+        noise_pct=_pct(sigma),
+        bar_pct=_pct(bar),
+        n_before=nb,
+        n_after=na,
+    )
+
+
+def _fields(j: Judgement) -> dict:
+    return {
+        "before": j.before,
+        "after": j.after,
+        "change_pct": j.change_pct,
+        "n_before": j.n_before,
+        "n_after": j.n_after,
+    }
+
+
+def point_noise(ys: Sequence[float]) -> float:
+    """Sigma of one run from point-to-point differences (a level change is one large one)."""
+    diffs = sorted(abs(b - a) for a, b in itertools.pairwise(ys))
+    if not diffs:
+        return 0.0
+    kept = diffs[: max(1, int(len(diffs) * KEEP))]
+    sigma = statistics.fmean(kept) / _KEPT_MEAN
+    if sigma == 0.0:  # mostly identical runs (quantized values): all differences then
+        sigma = statistics.fmean(diffs) * math.sqrt(math.pi) / 2
+    return sigma
+
+
+def segments(values: Sequence[float]) -> list[tuple[int, int]]:
+    """[(start, end)) ranges of constant level, oldest first; lone interior points merged."""
+    n = len(values)
+    if n == 0:
+        return []
+    ys = _log(values)
+    if ys is None:
+        scale = abs(statistics.median(values)) or 1.0
+        ys = [v / scale for v in values]
+    sigma = point_noise(ys)
+    if n < 3 or sigma == 0.0:
+        cuts = [i for i in range(1, n) if ys[i] != ys[i - 1]]
+    else:
+        rights, _, _ = step_detect.solve_potts_approx(
+            ys, [1.0] * n, gamma=JUMP_PENALTY * sigma * math.log(n)
+        )
+        cuts = list(rights[:-1])
+    bounds = [0, *cuts, n]
+    segs = list(itertools.pairwise(bounds))
+    # A lone point between two levels is an outlier: it joins the neighbour it is closer to.
+    i = 1
+    while i < len(segs) - 1:
+        start, end = segs[i]
+        if end - start == 1:
+            left = statistics.median(ys[segs[i - 1][0] : segs[i - 1][1]])
+            right = statistics.median(ys[segs[i + 1][0] : segs[i + 1][1]])
+            if abs(ys[start] - left) <= abs(ys[start] - right):
+                segs[i - 1 : i + 1] = [(segs[i - 1][0], end)]
+            else:
+                segs[i : i + 2] = [(start, segs[i + 1][1])]
+            continue
+        i += 1
+    return segs
+
+
+def latest(values: Sequence[float], worse: int) -> Judgement:
+    """The latest level of a series against the level before it.
+
+    Walking back from the newest segment, changes too small to count (or between pieces too
+    short to measure noise on) are merged away; the first one that counts decides: regressed or
+    improved, with the indices of the last point before and the first after it. No change that
+    counts: `same`; too few points: `unjudged`.
+    """
+    n = len(values)
+    if n < MIN_BASELINE + 1:
+        points = f"{n} point{'s' * (n != 1)}"
+        return Judgement(UNJUDGED, f"{points} of history, {MIN_BASELINE + 1} needed")
+    segs = segments(values)
+    start, end = segs[-1]
+    for seg_start, seg_end in reversed(segs[:-1]):
+        judged = compare_levels(values[seg_start:seg_end], values[start:end], worse)
+        if not judged.changed:
+            # Not a change that counts (or two short pieces no noise can be measured on): one
+            # level, judged again against what came before it.
+            start = seg_start
+            continue
+        return dataclasses.replace(judged, last_good=seg_end - 1, first_bad=start)
+    return Judgement(SAME, before=statistics.median(values), after=statistics.median(values))
+
+
+def baseline_at(values: Sequence[float], index: int) -> list[float]:
+    """The points of the level that `values[index]` belongs to, up to and including it."""
+    segs = segments(values[: index + 1])
+    start, end = segs[-1]
+    return list(values[start:end])
+
+
+def compare_runs(before: float, after: float, worse: int, noise_pct: float | None) -> Judgement:
+    """Two single runs. `noise_pct` is their combined uncertainty in % (both runs' 95%
+    confidence half-widths added, from their own samples); None: only MIN_EFFECT applies."""
+    if before > 0 and after > 0:
+        effect = math.log(after / before)
+    elif before != 0:
+        effect = (after - before) / abs(before)
+    else:
+        effect = math.inf if after != 0 else 0.0
+    bar = max(math.log1p(MIN_EFFECT), math.log1p((noise_pct or 0.0) / 100))
+    verdict = SAME
+    if abs(effect) > bar:
+        verdict = REGRESSED if effect * worse > 0 else IMPROVED
+    return Judgement(
+        verdict,
+        None if noise_pct is not None else "no noise measured: the minimum effect alone",
+        before=before,
+        after=after,
+        change_pct=_pct(effect) if math.isfinite(effect) else None,
+        noise_pct=noise_pct,
+        bar_pct=_pct(bar),
+        n_before=1,
+        n_after=1,
+    )

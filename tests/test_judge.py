@@ -1,0 +1,128 @@
+"""The judging room's rule on synthetic series (seeded, so every verdict is deterministic)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from stagebench import judge
+
+LOWER, HIGHER = 1, -1  # worse when the value rises / drops
+
+
+def series(seed: int, n: int, level: float, noise: float, step_at: int = 0, step: float = 0.0):
+    """Log-normal noise (relative), a level change by the factor (1 + step) from `step_at`."""
+    rng = random.Random(seed)
+    return [
+        level * math.exp(rng.gauss(0, noise)) * (1 + step if step_at and i >= step_at else 1)
+        for i in range(n)
+    ]
+
+
+def test_t_quantiles_match_the_table_and_shrink_with_more_points():
+    assert judge.t_quantile(2) == pytest.approx(22.327)
+    assert judge.t_quantile(11) == pytest.approx(4.025, abs=0.01)  # interpolated, true 4.025
+    assert judge.t_quantile(45) == pytest.approx(3.281, abs=0.01)  # true 3.281
+    assert judge.t_quantile(10_000) == pytest.approx(3.090, abs=0.002)
+    values = [judge.t_quantile(df) for df in range(1, 300)]
+    assert values == sorted(values, reverse=True)
+    with pytest.raises(ValueError):
+        judge.t_quantile(0)
+
+
+def test_pure_noise_rarely_alarms():
+    """500 quiet 30-night histories at 1% noise: at most a couple of alarms (0.1% per series
+    is the design rate), never more."""
+    alarms = sum(
+        judge.latest(series(seed, 30, 40.0, 0.01), HIGHER).verdict == judge.REGRESSED
+        for seed in range(500)
+    )
+    assert alarms <= 2
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_finds_a_3pct_drop_amid_half_pct_noise_at_its_commit(seed):
+    j = judge.latest(series(seed, 30, 40.0, 0.005, step_at=20, step=-0.03), HIGHER)
+    assert j.verdict == judge.REGRESSED
+    assert (j.last_good, j.first_bad) == (19, 20)
+    assert j.change_pct == pytest.approx(-3.0, abs=0.5)
+
+
+def test_noise_after_the_change_does_not_hide_it():
+    """A cold compile is slower and noisier: judged against the quiet level before it."""
+    quiet = series(1, 10, 8.0, 0.02)
+    loud_after = [44.0, 31.0, 52.0]  # 4-6x, +-25% between runs
+    j = judge.latest(quiet + loud_after, LOWER)
+    assert j.verdict == judge.REGRESSED and j.first_bad == 10
+    assert j.noise_pct == pytest.approx(2.0, abs=1.2)  # the segment before's, not the mix
+
+
+def test_a_short_baseline_needs_a_larger_change():
+    baseline = [10.0, 10.1, 9.9]
+    assert judge.latest([*baseline, 13.0], LOWER).verdict == judge.SAME  # +30%: 3 points say no
+    assert judge.latest([*baseline, 18.0], LOWER).verdict == judge.REGRESSED
+    longer = [10.0, 10.1, 9.9, 10.05, 9.95, 10.0, 10.1, 9.9]
+    assert judge.latest([*longer, 13.0], LOWER).verdict == judge.REGRESSED
+
+
+def test_too_little_history_is_unjudged_not_clean():
+    j = judge.latest([10.0, 10.1, 30.0], LOWER)
+    assert j.verdict == judge.UNJUDGED and "3 points" in j.reason
+
+
+def test_one_outlier_in_the_baseline_does_not_widen_every_bar():
+    base = series(2, 12, 100.0, 0.01)
+    base[5] = 200.0  # one run on a loaded machine
+    j = judge.latest([*base, 112.0], LOWER)
+    assert j.verdict == judge.REGRESSED and j.first_bad == 12
+
+
+def test_a_cold_first_night_then_a_recompile_every_run():
+    """first_step_s: night 1 compiles cold, later nights hit the cache; the change that makes
+    every run compile again is found against the warm nights alone."""
+    values = [17.0, *series(3, 5, 2.8, 0.05), 16.5]
+    j = judge.latest(values, LOWER)
+    assert j.verdict == judge.REGRESSED and (j.last_good, j.first_bad) == (5, 6)
+    assert j.n_before == 5
+
+
+def test_judgements_are_scale_free():
+    small = judge.latest(series(4, 20, 0.01, 0.01, step_at=15, step=0.05), LOWER)
+    large = judge.latest(series(4, 20, 1e6, 0.01, step_at=15, step=0.05), LOWER)
+    assert (small.verdict, small.first_bad) == (large.verdict, large.first_bad)
+    assert small.change_pct == pytest.approx(large.change_pct)
+
+
+@pytest.mark.parametrize(("step", "verdict"), [(0.05, judge.IMPROVED), (-0.05, judge.REGRESSED)])
+def test_direction_decides(step, verdict):
+    assert judge.latest(series(5, 25, 40.0, 0.005, 20, step), HIGHER).verdict == verdict
+
+
+def test_a_quiet_metric_still_needs_the_minimum_effect():
+    assert judge.latest(series(6, 30, 40.0, 0.0002, 20, -0.005), HIGHER).verdict == judge.SAME
+    assert judge.latest(series(6, 30, 40.0, 0.0002, 20, -0.015), HIGHER).verdict == judge.REGRESSED
+
+
+def test_a_wiggle_inside_the_noise_band_never_alarms():
+    """A 1.25-sigma shift between two long segments is statistically clear, and still noise."""
+    assert judge.latest(series(0, 100, 40.0, 0.02, 50, -0.025), HIGHER).verdict == judge.SAME
+
+
+def test_values_without_a_relative_scale():
+    assert judge.latest([0.0, 0.0, 0.0, 0.0, 3.0], LOWER).verdict == judge.REGRESSED
+    assert judge.latest([0.0, 0.0, 0.0, 0.0, 0.0], LOWER).verdict == judge.SAME
+
+
+def test_baseline_is_the_level_a_commit_belongs_to():
+    values = [10.0, 10.1, 9.9, 10.0, 20.0, 20.2, 19.8, 20.1]
+    assert judge.baseline_at(values, 6) == [20.0, 20.2, 19.8]
+    assert judge.baseline_at(values, 3) == [10.0, 10.1, 9.9, 10.0]
+
+
+def test_two_runs_with_their_own_confidence():
+    assert judge.compare_runs(300.0, 330.0, LOWER, 1.0).verdict == judge.REGRESSED
+    assert judge.compare_runs(300.0, 309.0, LOWER, 4.0).verdict == judge.SAME
+    assert judge.compare_runs(300.0, 262.0, LOWER, 1.0).verdict == judge.IMPROVED
+    assert judge.compare_runs(300.0, 300.0 * 1.009, LOWER, None).verdict == judge.SAME
