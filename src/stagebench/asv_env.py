@@ -8,7 +8,8 @@ comes first on sys.path. Editable installs of the parent are not activated (a pl
 does not run the parent's .pth hooks), so each commit's own build is the one measured.
 
 Enabled in asv.conf.json with `"plugins": [".src.stagebench.asv_env"]` and
-`"environment_type": "virtualenv-shared"`.
+`"environment_type": "virtualenv-shared"`. The module also holds `interpreter`, the environment
+the nightly measures in (see InterpreterEnvironment).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import sys
 
 from asv import util
 from asv.console import log
+from asv.environment import EnvironmentUnavailable, ExistingEnvironment, get_env_name
 from asv.plugins.virtualenv import Virtualenv
 
 PTH_NAME = "stagebench_shared_parent.pth"
+_VERSION = "import sys; print('%d.%d' % sys.version_info[:2])"
 _SITE_PATHS = (
     "import json, sysconfig; "
     "print(json.dumps(sorted({sysconfig.get_paths()[k] for k in ('purelib', 'platlib')})))"
@@ -58,3 +61,33 @@ class SharedVirtualenv(Virtualenv):
         with open(os.path.join(own[0], PTH_NAME), "w") as pth:
             pth.write("\n".join(parent) + "\n")
         self._install_requirements()
+
+
+class InterpreterEnvironment(ExistingEnvironment):
+    """asv's `existing` environment (this interpreter, nothing installed), named by the
+    interpreter's version instead of its path.
+
+    `existing` names its environment after the executable's path, so every checkout with its
+    own virtualenv (and every container with another prefix) files its results in a new series
+    and the history never grows. This one is `interpreter-py3.11` wherever it runs. Selected
+    with `--environment interpreter:python3.11`.
+    """
+
+    tool_name = "interpreter"
+
+    def __init__(self, conf, executable, requirements, tagged_env_vars) -> None:
+        # asv reads `name` inside its own __init__: the version must be known before that.
+        try:
+            path = os.path.abspath(util.which(executable))
+            self._version = util.check_output([path, "-c", _VERSION]).strip()
+        except (util.ProcessError, OSError):
+            raise EnvironmentUnavailable(f"no interpreter {executable!r}") from None
+        super().__init__(conf, executable, requirements, tagged_env_vars)
+
+    @property
+    def name(self) -> str:
+        return get_env_name(self.tool_name, self._version, {}, self._tagged_env_vars)
+
+    @classmethod
+    def matches(cls, python: str) -> bool:
+        return False  # only ever chosen by name

@@ -125,6 +125,12 @@ def _class_name(stage: stages.Stage, nproc: int | None = None) -> str:
     return "Stage_" + re.sub(r"\W", "_", stage.name) + gpus
 
 
+def class_name_of(result: results.Result) -> str:
+    """The asv class a stored Result was measured for (the reverse of _make_class's naming)."""
+    nproc = (result.workload or {}).get("nproc")
+    return _class_name(stages.resolve(result.stage), nproc)
+
+
 def _own_module(func: Callable, name: str, package: str) -> Callable:
     """Give `func` a module of its own.
 

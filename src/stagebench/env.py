@@ -102,6 +102,9 @@ def torch_info() -> dict[str, Any]:
 
 def host_info() -> dict[str, Any]:
     return {
+        # The commit whose code was measured, when a harness says (asv find sets ASV_COMMIT;
+        # the nox sessions set STAGEBENCH_COMMIT): lets a report diff packages between commits.
+        "commit": os.environ.get("STAGEBENCH_COMMIT") or os.environ.get("ASV_COMMIT"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

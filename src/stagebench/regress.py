@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stagebench import judge
@@ -47,6 +47,10 @@ class Finding:
     judgement: judge.Judgement
     derived: tuple[tuple[str, float | None], ...] = ()  # (metric, change %) of the family
     new: bool = False
+    baseline: tuple[float, ...] = ()  # the level before the change, as measured
+    # None: not re-measured; True/False: a re-run of the stage showed it again / did not.
+    confirmed: bool | None = None
+    confirmation: str | None = None
 
     @property
     def stage(self) -> str:
@@ -78,6 +82,8 @@ class Finding:
             "noise_note": j.reason,
             "derived": [{"metric": m, "change_pct": c} for m, c in self.derived],
             "new": self.new,
+            "confirmed": self.confirmed,
+            "confirmation": self.confirmation,
             "bisect": self.bisect,
         }
 
@@ -97,11 +103,16 @@ class Report:
     def new(self) -> list[Finding]:
         return [f for f in self.regressions if f.new]
 
+    @property
+    def alarms(self) -> list[Finding]:
+        """New regressions a re-run did not refute."""
+        return [f for f in self.new if f.confirmed is not False]
+
 
 def find_failure(values: Sequence[float]) -> judge.Judgement:
     """ok -> failed: the latest run failed and an earlier one was ok."""
-    if not values:
-        return judge.Judgement(judge.UNJUDGED, "never measured")
+    if len(values) < 2:
+        return judge.Judgement(judge.UNJUDGED, "never measured" if not values else "1 run")
     if values[-1] >= 0.5:
         return judge.Judgement(judge.SAME)
     for i in range(len(values) - 1, -1, -1):
@@ -118,7 +129,9 @@ def _judge_series(metric: str, points: list[Point]) -> judge.Judgement:
     values = [float(p.value) for p in measured]
     if metric == OK_METRIC:
         return find_failure(values)
-    if not points or points[-1].value is None:
+    if not values:
+        return judge.Judgement(judge.UNJUDGED, "never measured (skipped or failed)")
+    if points[-1].value is None:
         return judge.Judgement(judge.UNJUDGED, "not measured at its newest commit")
     return judge.latest(values, worse_sign(metric))
 
@@ -198,6 +211,8 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
         lead.before is None or lead.before.verdict != judge.REGRESSED
     )
     derived = tuple((m.metric, m.now.change_pct) for m in changed if m is not lead)
+    measured = [float(p.value) for p in lead.points if p.value is not None]
+    baseline = tuple(measured[j.last_good - j.n_before + 1 : j.last_good + 1])
     return Finding(
         machine=source.machine,
         env=source.env,
@@ -209,7 +224,30 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
         judgement=j,
         derived=derived,
         new=new,
+        baseline=baseline,
     )
+
+
+def confirm(finding: Finding, value: float | None) -> Finding:
+    """Judge a re-measurement of the finding's benchmark at its first bad commit against the
+    same baseline: one burst of load on one run must not raise an alarm, a real change shows
+    again."""
+    if finding.metric == OK_METRIC:
+        if value is None or value < 0.5:
+            return replace(finding, confirmed=True, confirmation="failed again on a re-run")
+        return replace(finding, confirmed=False, confirmation="passed on a re-run: a flaky failure")
+    if value is None:
+        note = "the re-run gave no value: not refuted"
+        return replace(finding, confirmed=True, confirmation=note)
+    again = judge.compare_levels(
+        list(finding.baseline), [value], worse_sign(finding.metric), allow_noise_after=False
+    )
+    change = "" if again.change_pct is None else f" ({again.change_pct:+.1f}%)"
+    if again.verdict == judge.REGRESSED:
+        note = f"a re-run measured {value:.4g}{change} again"
+        return replace(finding, confirmed=True, confirmation=note)
+    note = f"a re-run measured {value:.4g}{change}, within the noise: not alarmed"
+    return replace(finding, confirmed=False, confirmation=note)
 
 
 def _plural(n: int, word: str) -> str:
@@ -241,11 +279,19 @@ def _row(f: Finding, machines: bool) -> list[str]:
         f"{j.n_before} / {j.n_after}",
         f"`{f.good[:8]}`",
         f"`{f.bad[:8]}`",
-        "**new**" if f.new else "standing",
+        _state(f),
     ]
     if machines:
         row.insert(0, _cell(f"{f.machine} ({f.env})"))
     return row
+
+
+def _state(f: Finding) -> str:
+    if not f.new:
+        return "standing"
+    if f.confirmed is None:
+        return "**new**"
+    return "**new, confirmed**" if f.confirmed else "new, not confirmed"
 
 
 def to_markdown(report: Report) -> str:
@@ -270,6 +316,11 @@ def to_markdown(report: Report) -> str:
             "|" + "---|" * len(header),
         ]
         lines += ["| " + " | ".join(_row(f, many)) + " |" for f in report.regressions]
+        notes = [
+            f"- `{f.stage}` {f.metric}: {f.confirmation}" for f in report.new if f.confirmation
+        ]
+        if notes:
+            lines += ["", "Re-measured before alarming:", *notes]
         lines += ["", "Bisect each one (last good, first bad):", "", "```sh"]
         lines += [f.bisect for f in report.regressions]
         lines.append("```")
@@ -295,6 +346,7 @@ def to_json(report: Report) -> str:
             "regressions": [f.to_dict() for f in report.regressions],
             "improvements": [f.to_dict() for f in report.improvements],
             "new": len(report.new),
+            "alarms": len(report.alarms),
             "checked": report.checked,
             "commits": report.commits,
             "latest": report.latest,
