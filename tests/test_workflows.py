@@ -607,6 +607,9 @@ def test_pr_bench_checks_out_the_pull_request_apart_from_the_host_scripts():
     pr_dir = pr_step["with"]["path"]
     assert pr_dir not in ("", ".") and ".." not in pr_dir
     assert job["env"]["PR_DIR"] == pr_dir
+    # gpu-run.sh mounts its working directory: the pull request's tree, not the host scripts'.
+    container = [s for s in steps(job) if "gpu-run.sh" in s.get("run", "")]
+    assert container and all(s.get("working-directory") == pr_dir for s in container)
 
 
 def test_pr_bench_host_runs_no_pull_request_code():
@@ -768,7 +771,13 @@ exit 3
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
-@pytest.mark.parametrize("index", range(len(_container_steps())))
+@pytest.mark.parametrize(
+    "index",
+    [
+        pytest.param(i, id=f"{n}:{s.get('name')}")
+        for i, (n, _, _, s) in enumerate(_container_steps())
+    ],
+)
 def test_container_steps_resume_commands_whatever_the_container_does(tmp_path, index):
     """Run the step's own shell as GitHub does (bash -e -o pipefail) with a stand-in for the
     container that prints workflow commands and fails: they fall between the stop and the
