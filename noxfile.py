@@ -214,7 +214,7 @@ def backfill(session: nox.Session) -> None:
     _install(session, "dev", "gpu")
     machine = _asv_machine(session)
     results = os.path.abspath(ASV_CONF["results_dir"])
-    store = os.environ.get("STAGEBENCH_STORE") or os.path.abspath(".asv/stagebench/results.jsonl")
+    store = os.environ.get("STAGEBENCH_STORE") or os.path.join(results, "stagebench-results.jsonl")
     for commit in commits:
         checkout = os.path.abspath(f".asv/backfill/{commit}")
         _git(session, "worktree", "add", "--detach", "--force", checkout, commit)

@@ -53,6 +53,8 @@ exec docker run --rm --init \
     --env STAGEBENCH_NOX_REUSE_SYSTEM=1 \
     --env STAGEBENCH_TRUSTED_HUB_ORGS=kernels-community \
     --env HF_HUB_DISABLE_TELEMETRY=1 \
+    --env STAGEBENCH_IMAGE="$image" \
+    ${STAGEBENCH_ASV_MACHINE:+--env STAGEBENCH_ASV_MACHINE="$STAGEBENCH_ASV_MACHINE"} \
     --volume "$workspace:/workspace" \
     --volume "$workspace/.git:/workspace/.git:ro" \
     --volume "$workspace/.asv/results:/workspace/.asv/results" \

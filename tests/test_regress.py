@@ -15,7 +15,6 @@ from asv_history import (
     MFU,
     OK,
     STEP_TIME,
-    TOKENS,
     noisy,
     speed_family,
     write_history,
@@ -44,18 +43,22 @@ def test_finds_3pct_mfu_drop_amid_half_pct_noise(tmp_path, seed):
     assert not found.new  # it appeared ten commits ago
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_pure_noise_never_alarms(tmp_path, seed):
-    series = {
-        MFU: noisy(seed, 30, 40.0, 0.005),
-        STEP_TIME: noisy(seed + 100, 30, 1500.0, 0.01),
-        MEMORY: noisy(seed + 200, 30, 60.0, 0.002),
-        TOKENS: noisy(seed + 300, 30, 9000.0, 0.02),
-    }
-    write_history(tmp_path, series)
-    report = regress.check(tmp_path)
-    assert report.regressions == []
-    assert (report.checked, report.commits) == (4, 30)
+def test_pure_noise_is_rarely_flagged(tmp_path):
+    """40 quiet 30-night histories of 4 metrics: about 1% of series flagged (the judge's 99%
+    bound), never several times that; the nightly re-measures a flagged stage before alarming."""
+    flagged = 0
+    for seed in range(40):
+        series = {
+            MFU: noisy(seed, 30, 40.0, 0.005),
+            STEP_TIME: noisy(seed + 100, 30, 1500.0, 0.01),
+            MEMORY: noisy(seed + 200, 30, 60.0, 0.002),
+            FIRST_STEP: noisy(seed + 300, 30, 30.0, 0.05),
+        }
+        write_history(tmp_path / str(seed), series)
+        report = regress.check(tmp_path / str(seed))
+        assert (report.checked, report.commits) == (4, 30)
+        flagged += len(report.regressions)
+    assert flagged <= 5
 
 
 def test_step_time_and_what_derives_from_it_are_one_finding(tmp_path):

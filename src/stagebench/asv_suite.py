@@ -10,7 +10,7 @@ Configuration comes from the environment so the same suite serves a GPU nightly 
     STAGEBENCH_WORKLOAD  JSON object of Workload overrides, e.g. '{"seq_len": 128}'
     STAGEBENCH_MATRIX    named matrix or comma-separated stages (default: seed + cpu matrices)
     STAGEBENCH_STORE     JSON Lines file every Result is also appended to
-                         (default: .asv/stagebench/results.jsonl in the project root)
+                         (default: .asv/results/stagebench-results.jsonl in the project root)
     STAGEBENCH_DEVICE    cuda or cpu (default: cuda where NVML sees a GPU)
     STAGEBENCH_NPROCS    GPU counts for the multi-GPU classes (default: 2,4): the `fsdp` matrix
                          under FSDP2 with that many ranks, skipped where fewer GPUs are visible
@@ -80,10 +80,11 @@ def bench_nprocs() -> list[int]:
 
 
 def store_path(root: Path) -> Path:
-    """Anchored to the project root: asv runs benchmarks in a temporary working directory and
-    passes ASV_CONF_DIR only to build commands."""
+    """Anchored to the project root (asv runs benchmarks in a temporary working directory and
+    passes ASV_CONF_DIR only to build commands), inside asv's results directory: the history
+    the nightly keeps holds every full Result beside asv's numbers."""
     explicit = os.environ.get("STAGEBENCH_STORE")
-    return Path(explicit) if explicit else root / ".asv" / "stagebench" / "results.jsonl"
+    return Path(explicit) if explicit else root / ".asv" / "results" / "stagebench-results.jsonl"
 
 
 def _too_few_gpus(workload: Workload) -> str | None:

@@ -9,14 +9,16 @@ another) and the site, so the three never disagree on what is noise:
    outliers), with a jump penalty from the series' own point-to-point noise. A lone point between
    two segments is an outlier, not a level: it joins its closer neighbour.
 3. A change between two segments is judged against the noise of the segment before it alone
-   (its standard deviation, leaving out its most extreme point from TRIM_FROM points on), never
+   (its standard deviation, leaving out one clear outlier from TRIM_FROM points on), never
    against noise measured after the change. Only when that segment has two points (a level, but
    no noise estimate) is the noise of the segment after it used, and the judgement says so; one
    point is no level at all.
 4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
-   one-sided Student-t bound at CONFIDENCE for the difference of the two levels, so that few
-   points of history need a larger change: with 3 points before, a change must exceed about 26
-   sigma; with 10, about 5 sigma.
+   one-sided Student-t bound at CONFIDENCE (99%) for the difference of the two levels, so that
+   few points of history need a larger change: with 3 points before, one new run must exceed
+   about 8.6 sigma; with 10, about 3.1 sigma. A quiet series is flagged about once in a hundred
+   judgements; the nightly therefore alarms only when a re-run of the stage is flagged again
+   against the same baseline (two independent runs: about one in ten thousand).
 
 Standard library and asv only: the history side runs without torch.
 """
@@ -35,21 +37,22 @@ from asv import step_detect
 
 MIN_EFFECT = 0.01  # relative: below 1% nothing is a change, however quiet the metric
 NOISE_FLOOR = 2.0  # a change must be at least twice one run's noise
-CONFIDENCE = 0.999  # one-sided, per judgement: one false alarm in about a thousand quiet ones
+CONFIDENCE = 0.99  # one-sided, per judgement; the nightly re-measures before it alarms
 MIN_BASELINE = 3  # points a segment needs before its noise is believed
-TRIM_FROM = 5  # from this many points on, the most extreme one is left out of the noise
-JUMP_PENALTY = 2.0  # Potts cost of one level change, in sigma * ln(points)
+TRIM_FROM = 5  # from this many points on, one clear outlier is left out of the noise
+OUTLIER_MADS = 3.5  # how far (in robust sigmas, from the median) a point must be to be one
+JUMP_PENALTY = 3.0  # Potts cost of one level change, in sigma * ln(points)
 KEEP = 0.8  # share of the smallest point-to-point differences the segmentation noise uses
 # |difference| of two N(0, 1) runs, kept below its KEEP quantile, has this mean: sigma's scale.
 _Q = statistics.NormalDist().inv_cdf(0.5 + KEEP / 2)
 _KEPT_MEAN = math.sqrt(2) * 2 * (statistics.NormalDist().pdf(0) - statistics.NormalDist().pdf(_Q))
 _KEPT_MEAN /= KEEP
 # Student t at CONFIDENCE (one-sided) by degrees of freedom; between entries interpolate in 1/df.
-_T999 = {
-    1: 318.31, 2: 22.327, 3: 10.215, 4: 7.173, 5: 5.893, 6: 5.208, 7: 4.785, 8: 4.501,
-    9: 4.297, 10: 4.144, 12: 3.930, 15: 3.733, 20: 3.552, 30: 3.385, 60: 3.232, 120: 3.160,
+_T99 = {
+    1: 31.821, 2: 6.965, 3: 4.541, 4: 3.747, 5: 3.365, 6: 3.143, 7: 2.998, 8: 2.896,
+    9: 2.821, 10: 2.764, 12: 2.681, 15: 2.602, 20: 2.528, 30: 2.457, 60: 2.390, 120: 2.358,
 }  # fmt: skip
-_Z999 = 3.090
+_Z99 = 2.326
 
 REGRESSED, IMPROVED, SAME, UNJUDGED = "regressed", "improved", "same", "unjudged"
 
@@ -58,15 +61,15 @@ def t_quantile(df: int) -> float:
     """One-sided Student-t quantile at CONFIDENCE (the table's own; no scipy here)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be at least 1, not {df}")
-    if df in _T999:
-        return _T999[df]
-    known = sorted(_T999)
+    if df in _T99:
+        return _T99[df]
+    known = sorted(_T99)
     if df > known[-1]:
-        lo, hi, t_lo, t_hi = known[-1], math.inf, _T999[known[-1]], _Z999
+        lo, hi, t_lo, t_hi = known[-1], math.inf, _T99[known[-1]], _Z99
     else:
         i = bisect.bisect(known, df)
         lo, hi = known[i - 1], known[i]
-        t_lo, t_hi = _T999[lo], _T999[hi]
+        t_lo, t_hi = _T99[lo], _T99[hi]
     x, x_lo, x_hi = 1 / df, 1 / lo, 0.0 if hi == math.inf else 1 / hi
     return t_hi + (t_lo - t_hi) * (x - x_hi) / (x_lo - x_hi)
 
@@ -100,13 +103,17 @@ def _log(values: Sequence[float]) -> list[float] | None:
 def spread(ys: Sequence[float]) -> tuple[float, int]:
     """(one run's standard deviation, degrees of freedom) of a segment's values.
 
-    From TRIM_FROM points on, the point farthest from the median is left out: one outlier must
-    not widen the bar for every later change.
+    From TRIM_FROM points on, a clear outlier (farther from the median than OUTLIER_MADS robust
+    sigmas) is left out: one run on a loaded machine must not widen the bar for every later
+    change. Ordinary points are never trimmed, so the estimate stays unbiased on clean data.
     """
     kept = list(ys)
     if len(kept) >= TRIM_FROM:
         mid = statistics.median(kept)
-        kept.remove(max(kept, key=lambda y: abs(y - mid)))
+        mad = statistics.median(abs(y - mid) for y in kept) * 1.4826
+        farthest = max(kept, key=lambda y: abs(y - mid))
+        if mad > 0 and abs(farthest - mid) > OUTLIER_MADS * mad:
+            kept.remove(farthest)
     if len(kept) < 2:
         return math.nan, 0
     return statistics.stdev(kept), len(kept) - 1
@@ -242,7 +249,10 @@ def latest(values: Sequence[float], worse: int) -> Judgement:
     if n < MIN_BASELINE + 1:
         points = f"{n} point{'s' * (n != 1)}"
         return Judgement(UNJUDGED, f"{points} of history, {MIN_BASELINE + 1} needed")
-    segs = segments(values)
+    # The newest run is always a candidate level of its own: tonight against the level it
+    # would join is the question a nightly asks, and a penalty that grows with the history
+    # must not hide it.
+    segs = [*segments(values[:-1]), (n - 1, n)]
     start, end = segs[-1]
     for seg_start, seg_end in reversed(segs[:-1]):
         judged = compare_levels(values[seg_start:seg_end], values[start:end], worse)

@@ -201,7 +201,7 @@ def _finish(report: Path, verdict: str, summary: list[str], code: int) -> int:
 
 def _store_path() -> Path:
     explicit = os.environ.get("STAGEBENCH_STORE")
-    return Path(explicit) if explicit else Path(".asv/stagebench/results.jsonl")
+    return Path(explicit) if explicit else Path(".asv/results/stagebench-results.jsonl")
 
 
 def _packages_between(good: str, bad: str, stage_class: str) -> list[str]:

@@ -1,0 +1,247 @@
+"""The night simulator: the nightly loop as deployed, six nights on a loaded CPU.
+
+Every night is what the workflow does, with the same script: a fresh clone of the project's
+repository (a local bare repository stands in for GitHub), a fresh HOME, another hostname where
+the kernel lets us set one, `python -m stagebench.nightly restore`, `run`, `store`, sharing only
+the results branch of that repository and the compile cache a runner keeps between nights (warmed
+once before the first night, as on a runner that has run before: a first night on an empty
+cache is one cold compile, not history). The interpreter with torch is shared, as the container
+image is. A busy-loop process keeps one of the machine's cores loaded the whole time.
+
+Two regressions are planted, each in the middle of three commits that land the same day:
+- night 4: the uncompiled path raises (`00_sdpa` fails): deterministic under any load; the
+  bisect command written in the alarm is then run as written and must name the planted commit;
+- night 6: every run compiles from scratch (inductor caches off): `first_step_s` of the compile
+  stage rises about 5x while nothing else moves, a realistic timing change found against the
+  noise of the warm nights before it, re-measured before alarming.
+Every other night must stay quiet (nights 1-3: history too short; night 5: night 4's failure
+still stands and is not alarmed again).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from project_repo import bench_env, commit, git, make_repo
+
+MATRIX = "00_sdpa,sdpa+compile-default"
+NIGHTS = 6
+FAILURE_NIGHT, RECOMPILE_NIGHT = 4, 6
+RUNNER = "src/stagebench/runner.py"
+RUNNER_ANCHOR = "    reason = optim.unavailable_reason(stage, device)\n"
+RUNNER_PLANT = (
+    "    if not stage.compiles:\n        raise RuntimeError('planted: eager path broken')\n"
+)
+COMPILE = "src/stagebench/optim/compile.py"
+COMPILE_ANCHOR = "        use_cache_dir(ctx.compile_cache)\n"
+COMPILE_PLANT = "        torch._inductor.config.force_disable_caches = True  # planted\n"
+
+
+def _plant(repo: Path, path: str, anchor: str, insert: str) -> None:
+    file = repo / path
+    text = file.read_text()
+    assert anchor in text, f"{path} changed: update the planted regression's anchor"
+    file.write_text(text.replace(anchor, anchor + insert, 1))
+
+
+def _land(repo: Path, night: int) -> str | None:
+    """The day's commits; returns the planted one, if any."""
+    planted = None
+    (repo / "docs" / f"night-{night}.md").write_text(f"notes of day {night}\n")
+    commit(repo, f"docs: day {night}")
+    if night in (FAILURE_NIGHT, RECOMPILE_NIGHT):
+        if night == FAILURE_NIGHT:
+            _plant(repo, RUNNER, RUNNER_ANCHOR, RUNNER_PLANT)
+            planted = commit(repo, "runner: simplify the uncompiled path (plants a failure)")
+        else:
+            _plant(repo, COMPILE, COMPILE_ANCHOR, COMPILE_PLANT)
+            planted = commit(repo, "compile: fresh inductor state (plants a recompile)")
+        (repo / "docs" / f"after-{night}.md").write_text("more notes\n")
+        commit(repo, f"docs: more notes of day {night}")
+    git(repo, "push", "-q", "origin", "main")
+    return planted
+
+
+def _in_namespace(command: list[str], hostname: str) -> list[str]:
+    """Run under another hostname (a new UTS namespace) where the kernel allows it."""
+    probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True, check=False)
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        return command
+    script = 'hostname "$0" && exec "$@"'
+    return ["unshare", "--uts", "sh", "-c", script, hostname, *command]
+
+
+class Night:
+    def __init__(self, number: int, checkout: Path, codes: dict[str, int], planted: str | None):
+        self.number = number
+        self.checkout = checkout
+        self.codes = codes
+        self.planted = planted
+        report = checkout / ".asv" / "report"
+        self.verdict = (report / "verdict").read_text().strip()
+        alarm = report / "alarm.md"
+        self.alarm = alarm.read_text() if alarm.exists() else None
+        judged = report / "regressions.json"
+        self.judged = json.loads(judged.read_text()) if judged.exists() else None
+        self.head = git(checkout, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nights")
+    dev = make_repo(root / "dev")
+    origin = root / "origin.git"
+    subprocess.run(["git", "init", "-q", "-b", "main", "--bare", str(origin)], check=True)
+    git(dev, "remote", "add", "origin", str(origin))
+    git(dev, "push", "-q", "origin", "main")
+    cache = root / "runner-cache" / "inductor"  # the runner's persistent compile cache
+    warm = bench_env(root / "home-0", TORCHINDUCTOR_CACHE_DIR=str(cache))
+    subprocess.run(
+        [sys.executable, "-m", "stagebench.cli", "run", "sdpa+compile-default", "--device", "cpu"]
+        + ["--model", "tiny", "--seq-len", "64", "--warmup-steps", "2", "--max-steps", "3"],
+        cwd=dev,
+        env={**warm, "PYTHONPATH": str(dev / "src")},
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    load = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    done, timings = [], []
+    try:
+        for number in range(1, NIGHTS + 1):
+            planted = _land(dev, number) if number > 1 else None
+            checkout = root / f"night-{number}"
+            subprocess.run(["git", "clone", "-q", str(origin), str(checkout)], check=True)
+            env = bench_env(
+                root / f"home-{number}",
+                STAGEBENCH_MATRIX=MATRIX,
+                STAGEBENCH_NPROCS="",
+                TORCHINDUCTOR_CACHE_DIR=str(cache),
+                PYTHONPATH=str(checkout / "src"),
+            )
+            env.pop("STAGEBENCH_ASV_MACHINE", None)  # the name must not need the runner's help
+            codes, started = {}, time.monotonic()
+            for phase in (
+                ["restore", "--remote", "origin", "--branch", "benchmark-results"],
+                ["run", "--report", ".asv/report"],
+                ["store", "--remote", "origin", "--branch", "benchmark-results"],
+            ):
+                command = [sys.executable, "-m", "stagebench.nightly", *phase]
+                run = subprocess.run(
+                    _in_namespace(command, f"runner-{number}-{time.time_ns() % 10**6}"),
+                    cwd=checkout,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
+                (root / f"night-{number}-{phase[0]}.log").write_text(run.stdout + run.stderr)
+                codes[phase[0]] = run.returncode
+                assert run.returncode in (0, 1, 3), (run.stdout + run.stderr)[-4000:]
+            timings.append(time.monotonic() - started)
+            done.append(Night(number, checkout, codes, planted))
+    finally:
+        load.kill()
+        load.wait()
+    return {"nights": done, "root": root, "origin": origin, "env": env, "timings": timings}
+
+
+def test_alarms_fire_on_the_planted_nights_only(nights):
+    verdicts = {
+        n.number: (n.codes["run"], n.verdict, n.alarm is not None) for n in nights["nights"]
+    }
+    assert verdicts == {
+        1: (3, "short-history", False),
+        2: (3, "short-history", False),
+        3: (3, "short-history", False),
+        4: (1, "regression", True),
+        5: (0, "clean", False),
+        6: (1, "regression", True),
+    }, nights["timings"]
+    assert all(n.codes["restore"] == 0 and n.codes["store"] == 0 for n in nights["nights"])
+
+
+def _bisect_line(alarm: str) -> str:
+    (line,) = [line for line in alarm.splitlines() if line.startswith("nox -s bisect --")]
+    return line
+
+
+def test_the_failure_alarm_names_stage_metric_and_range(nights):
+    night = nights["nights"][FAILURE_NIGHT - 1]
+    previous = nights["nights"][FAILURE_NIGHT - 2]
+    assert "### `Stage_00_sdpa`: ok->failed" in night.alarm
+    assert "failed again on a re-run" in night.alarm
+    (finding,) = [f for f in night.judged["regressions"] if f["new"]]
+    assert (finding["good"], finding["bad"]) == (previous.head, night.head)
+    assert finding["benchmark"] == "stages.Stage_00_sdpa.track_ok"
+    assert night.planted[:7] in night.alarm  # the range's commits are listed
+
+
+def test_the_recompile_alarm_is_found_against_the_warm_nights(nights):
+    night = nights["nights"][RECOMPILE_NIGHT - 1]
+    (finding,) = [f for f in night.judged["regressions"] if f["new"]]
+    assert finding["benchmark"] == "stages.Stage_sdpa_compile_default.track_first_step_s"
+    assert finding["change_pct"] > 150  # a cold compile is several times a cached one
+    assert finding["points_before"] >= 3 and finding["confirmed"] is True
+    assert finding["bad"] == night.head and night.planted[:7] in night.alarm
+    # Step time, tokens/s and the rest did not move: no other finding that night.
+    assert [f["metric"] for f in night.judged["regressions"] if f["new"]] == ["first_step_s"]
+
+
+def test_a_standing_regression_is_reported_not_alarmed_again(nights):
+    night = nights["nights"][FAILURE_NIGHT]  # the night after the failure
+    standing = [f for f in night.judged["regressions"] if f["metric"] == "ok"]
+    assert len(standing) == 1 and standing[0]["new"] is False
+    assert night.alarm is None
+
+
+def test_the_bisect_command_in_the_alarm_names_the_planted_commit(nights):
+    night = nights["nights"][FAILURE_NIGHT - 1]
+    checkout = nights["root"] / "bisect"
+    subprocess.run(["git", "clone", "-q", str(nights["origin"]), str(checkout)], check=True)
+    env = {**nights["env"], "PYTHONPATH": str(checkout / "src")}
+    history = sorted((night.checkout / ".asv" / "results").rglob("*.json"))
+    before = {p: p.read_bytes() for p in history}
+    done = subprocess.run(
+        shlex.split(_bisect_line(night.alarm)),
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    found = re.findall(r"^culprit: ([0-9a-f]{40}) ", output, re.MULTILINE)
+    assert found == [night.planted], output[-4000:]
+    # The bisect measured into its own directory, not the nightly history.
+    assert list((checkout / ".asv" / "bisect" / "results").rglob("*.json"))
+    assert not (checkout / ".asv" / "results").exists()
+    assert {p: p.read_bytes() for p in history} == before
+
+
+def test_one_machine_series_whatever_the_hostname(nights):
+    last = nights["nights"][-1].checkout / ".asv" / "results"
+    machines = [p.parent.name for p in last.glob("*/machine.json")]
+    assert len(machines) == 1 and machines[0].startswith("cpu-")
+    files = [p.name for p in (last / machines[0]).glob("*.json") if p.name != "machine.json"]
+    assert len(files) == NIGHTS and len({f.split("-", 1)[1] for f in files}) == 1, files
+    log = [json.loads(line) for line in (last / "stagebench-machines.jsonl").read_text().split()]
+    assert [entry["machine"] for entry in log] == machines * NIGHTS
+    if shutil.which("unshare") and subprocess.run(["unshare", "--uts", "true"]).returncode == 0:
+        assert len({entry["facts"]["hostname"] for entry in log}) == NIGHTS
+
+
+def test_every_night_is_stored_and_published(nights):
+    log = git(nights["origin"], "log", "--format=%s", "benchmark-results")
+    assert len(log.splitlines()) == NIGHTS
+    for night in nights["nights"]:
+        assert (night.checkout / ".asv" / "html" / "index.html").is_file()
