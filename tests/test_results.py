@@ -385,6 +385,14 @@ def test_a_line_with_a_bad_workload_is_skipped(tmp_path, change, message):
     assert len(messages) == 1 and f"{path}:2:" in messages[0] and message in messages[0]
 
 
+def test_an_unknown_workload_round_trips():
+    """{} is how the code says "not known" (a rank that died without a Result): it reads back,
+    and is never taken for a reference (test_matrix.py)."""
+    data = make_result().to_dict()
+    data["workload"] = {}
+    assert Result.from_dict(data).workload == {}
+
+
 def test_a_line_missing_a_workload_key_is_skipped(tmp_path):
     data = make_result(stage="bad").to_dict()
     del data["workload"]["seq_len"]

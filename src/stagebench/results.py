@@ -137,7 +137,9 @@ class Result:
             raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
         fields = dict(data)
         # Consumers rebuild the Workload (the reference lookup does): a bad one is refused here.
-        Workload.from_dict(fields.get("workload"), complete=True)
+        # {} is "not known" (a rank that died without a word), never a reference.
+        if fields.get("workload") != {}:
+            Workload.from_dict(fields.get("workload"), complete=True)
         if fields.get("metrics") is not None:
             metrics = _object(fields["metrics"], "metrics")
             if metrics.get("distributed") is not None:
