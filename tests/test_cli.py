@@ -199,6 +199,16 @@ def test_jsonl_that_is_a_fifo_does_not_block(capsys, tmp_path):
     assert "is not a regular file" in line
 
 
+def test_jsonl_that_is_a_stage_log_is_refused(capsys, tmp_path):
+    """Each stage's log is opened for writing on every run: as the store it would wipe every
+    earlier result. Failed before: the results file was truncated to the new log."""
+    store = tmp_path / "00_sdpa.log"
+    store.write_bytes(b'{"kept": 1}\n')
+    argv = ["run", "00_sdpa", "--device", "cpu", "--log-dir", str(tmp_path), "--jsonl", str(store)]
+    assert "a stage's log in --log-dir" in error_line(capsys, argv)
+    assert store.read_bytes() == b'{"kept": 1}\n'
+
+
 def test_jsonl_under_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("")
     store = tmp_path / "file" / "results.jsonl"

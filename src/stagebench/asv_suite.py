@@ -6,7 +6,8 @@ returns its Result; the `track_*` methods only read it. A stage that cannot run 
 which asv prints in its log.
 
 Configuration comes from the environment so the same suite serves a GPU nightly and a CPU CI:
-    STAGEBENCH_PRESET    model preset or path (default: qwen3-8b with CUDA, tiny without)
+    STAGEBENCH_PRESET    preset, checkpoint directory or namespace/name hub id
+                         (default: qwen3-8b with CUDA, tiny without)
     STAGEBENCH_WORKLOAD  JSON object of Workload overrides, e.g. '{"seq_len": 128}'
     STAGEBENCH_MATRIX    named matrix or comma-separated stages (default: seed + cpu matrices)
     STAGEBENCH_STORE     JSON Lines file every Result is also appended to

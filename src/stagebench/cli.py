@@ -197,12 +197,23 @@ def _check_log_dir(path: Path | None) -> None:
         raise BadInput(f"--log-dir {path} is not writable ({exc.strerror or exc})") from None
 
 
+def _check_apart(store: Path | None, log_dir: Path | None, stage_list: list[stages.Stage]) -> None:
+    """Each stage's log is rewritten on every run: it must not be the results file."""
+    from stagebench.isolate import log_name
+
+    if store is None or log_dir is None:
+        return
+    if store.resolve() in {(log_dir / log_name(s)).resolve() for s in stage_list}:
+        raise BadInput(f"--jsonl {store} is a stage's log in --log-dir, which each run rewrites")
+
+
 def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Console) -> int:
     from stagebench.isolate import Cancelled
     from stagebench.matrix import run_matrix
     from stagebench.report import print_results
 
     workload = workload_from(args)
+    _check_apart(args.jsonl, args.log_dir, stage_list)
     _check_store(args.jsonl)
     _check_log_dir(args.log_dir)
     ranks = f", FSDP2 over {workload.nproc} processes" if workload.nproc else ""

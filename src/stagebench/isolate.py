@@ -363,6 +363,11 @@ def _merged(tmp: Path, result_path: Path, nproc: int | None, base: dict) -> Resu
     return Result.from_dict(json.loads(main.read_text())["result"])
 
 
+def log_name(stage: stages.Stage) -> str:
+    """The stage's log file name, in --log-dir (rewritten on every run) or the temp directory."""
+    return f"{stage.name.replace('+', '_')}.log"
+
+
 def gpus_missing(workload: Workload) -> str | None:
     """More ranks than visible GPUs, known from NVML without starting (or initialising) CUDA."""
     if workload.nproc is None or workload.device != "cuda":
@@ -398,7 +403,7 @@ def run_isolated(
     ):
         tmp = Path(tmp_name)
         job_path, result_path = tmp / "job.json", tmp / "result.json"
-        log = (log_dir or tmp) / f"{stage.name.replace('+', '_')}.log"
+        log = (log_dir or tmp) / log_name(stage)
         log.parent.mkdir(parents=True, exist_ok=True)
         job = {"stage": stage.name, "workload": workload.to_dict(), "entry": entry}
         job_path.write_text(json.dumps(job))
