@@ -385,7 +385,11 @@ def run_isolated(
     entry: str = DEFAULT_ENTRY,
     log_dir: Path | None = None,
 ) -> Result:
-    """Run `stage` in a child process; always returns a Result, never raises for the stage."""
+    """Run `stage` in a child process; always returns a Result, never raises for the stage.
+
+    Cancelled (SIGTERM, SIGINT) it returns a `cancelled` Result to an enclosing run_matrix, which
+    stores it and raises Cancelled; called on its own it raises Cancelled after cleaning up.
+    """
     base = dict(
         stage=stage.name,
         spec=stage.spec,
@@ -467,6 +471,9 @@ def _wait(proc: subprocess.Popen, timeout_s: float, cancel: Cancellation) -> tup
     """Wait for the child: (its exit code, None), or stop it: (code, "timeout" | "cancelled")."""
     deadline = time.monotonic() + timeout_s
     while True:
+        code = proc.poll()
+        if code is not None:  # first: a stage that finished as the signal came keeps its Result
+            return code, None
         if cancel.signum:
             _stop(proc, CANCEL_GRACE_S)
             return proc.wait(), "cancelled"
@@ -474,10 +481,8 @@ def _wait(proc: subprocess.Popen, timeout_s: float, cancel: Cancellation) -> tup
         if remaining <= 0:
             _stop(proc)
             return proc.wait(), "timeout"
-        try:
-            return proc.wait(timeout=min(POLL_S, remaining)), None
-        except subprocess.TimeoutExpired:
-            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=min(POLL_S, remaining))
 
 
 if __name__ == "__main__":

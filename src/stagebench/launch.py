@@ -18,11 +18,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stagebench import isolate
 
+if TYPE_CHECKING:  # torch is imported after asking to die with the parent
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-def failure_report(exc) -> dict[str, dict]:
+
+def failure_report(exc: ChildFailedError) -> dict[str, dict]:
     return {
         str(rank): {
             "exitcode": failure.exitcode,  # negative: the signal that killed it
