@@ -26,6 +26,8 @@ def fake_hang(stage, workload):
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     pid_file = os.environ.get("STAGEBENCH_TEST_PIDFILE")
     if pid_file:
+        with open(f"{pid_file}.stage", "w") as f:  # the stage's own process, first
+            f.write(str(os.getpid()))
         with open(pid_file, "w") as f:
             f.write(str(worker.pid))
     time.sleep(3600)

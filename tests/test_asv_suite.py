@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from asv_runner.benchmarks._base import get_setup_cache_key
 
-from stagebench import PROTOCOL_VERSION, asv_suite, env, stages
+from stagebench import PROTOCOL_VERSION, asv_suite, env, results, stages
 
 
 @pytest.fixture
@@ -138,3 +142,86 @@ def test_store_is_anchored_to_the_project_root(monkeypatch):
     assert asv_suite.store_path(root) == root / ".asv" / "stagebench" / "results.jsonl"
     monkeypatch.setenv("STAGEBENCH_STORE", "/elsewhere/r.jsonl")
     assert asv_suite.store_path(root) == Path("/elsewhere/r.jsonl")
+
+
+# Configuration errors: asv imports the suite, so a bad variable must say which one, in one line.
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("STAGEBENCH_WORKLOAD", "{seq_len: 64}", "is not JSON"),
+        ("STAGEBENCH_WORKLOAD", "[64]", "is not an object"),
+        ("STAGEBENCH_WORKLOAD", '{"seqlen": 64}', "unknown workload field(s) 'seqlen'"),
+        ("STAGEBENCH_WORKLOAD", '{"seq_len": "64"}', "invalid seq_len='64': must be an integer"),
+        ("STAGEBENCH_WORKLOAD", '{"seq_len": 8192}', "above tiny's max_position_embeddings"),
+        ("STAGEBENCH_WORKLOAD", '{"device": "cuda"}', "STAGEBENCH_DEVICE"),
+        ("STAGEBENCH_PRESET", "nonexistent", "unknown model 'nonexistent'"),
+        ("STAGEBENCH_PRESET", "/no/such/checkpoint", "no such directory"),
+        ("STAGEBENCH_MATRIX", ",", "names no stage"),
+        ("STAGEBENCH_MATRIX", "00_sdpa,00_nope", "unknown stage '00_nope'"),
+        ("STAGEBENCH_NPROCS", "two", "give GPU counts"),
+        ("STAGEBENCH_DEVICE", "tpu", "give cuda or cpu"),
+        ("STAGEBENCH_STORE", "/", "is not a file"),
+    ],
+)
+def test_a_bad_variable_is_named(monkeypatch, tmp_path, capsys, variable, value, message):
+    """Failed before: JSONDecodeError or TypeError tracebacks that named no variable, a
+    nonexistent preset accepted, `,` silently making no class at all."""
+    monkeypatch.setenv("STAGEBENCH_DEVICE", "cpu")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(asv_suite.SuiteConfigError) as info:
+        asv_suite.stage_benchmarks("benchmarks.stages", root=tmp_path)
+    assert str(info.value).startswith(variable) and message in str(info.value)
+    assert asv_suite.main([str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"stagebench: error: {info.value}\n"
+
+
+def test_main_prints_the_workload_and_the_class_count(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("STAGEBENCH_DEVICE", "cpu")
+    monkeypatch.setenv("STAGEBENCH_MATRIX", "cpu")
+    monkeypatch.setenv("STAGEBENCH_NPROCS", "2")
+    monkeypatch.setenv("STAGEBENCH_WORKLOAD", '{"seq_len": 64}')
+    assert asv_suite.main([str(tmp_path)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    classes = len(stages.MATRICES["cpu"]) + len(stages.MATRICES["fsdp"])
+    assert line.startswith(f"stagebench asv suite: {classes} classes; workload {{")
+    assert '"seq_len": 64' in line and '"model": "tiny"' in line
+
+
+def test_importing_the_suite_imports_no_torch(tmp_path):
+    """asv imports the suite in every benchmark process; torch (and CUDA) must wait for the
+    stage's own child. The classes are generated too, as asv does at import."""
+    code = (
+        "import sys; from pathlib import Path; from stagebench import asv_suite; "
+        f"asv_suite.stage_benchmarks('benchmarks.stages', Path({str(tmp_path)!r})); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    environ = {**os.environ, "STAGEBENCH_DEVICE": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_measure_reads_a_store_with_bad_lines(tmp_path, monkeypatch):
+    """A real tiny stage through asv's setup_cache path, with a store holding a non-UTF-8 line
+    and a line whose workload has an unknown key ahead of the good rows.
+
+    Failed before: UnicodeDecodeError in results.load, before anything was measured.
+    """
+    monkeypatch.setenv("STAGEBENCH_DEVICE", "cpu")
+    monkeypatch.setenv(
+        "STAGEBENCH_WORKLOAD",
+        '{"seq_len": 32, "warmup_steps": 1, "min_steps": 2, "max_steps": 2, "timeout_s": 300}',
+    )
+    store = tmp_path / "store.jsonl"
+    bad = {"schema_version": 2, "stage": "x", "workload": {"model": "tiny", "flash": True}}
+    store.write_bytes(b"\xff\xfe not utf-8\n" + json.dumps(bad).encode() + b"\n")
+    with pytest.warns(UserWarning):
+        result = asv_suite.measure(stages.resolve("00_baseline"), store)
+    assert result["status"] == "ok", result
+    assert result["numerics"].startswith("step-0 loss")  # the reference ran first, and matched
+    with pytest.warns(UserWarning):
+        assert [r.spec for r in results.load(store)] == ["sdpa", "eager"]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import signal
 
 import pytest
 import torch
+from fake_disk import FakeDisk, fill, read_only_dir, tiny_tmpfs
 
-from stagebench import stages
+from stagebench import results, stages
 from stagebench.cli import main
+from stagebench.results import Result
 
 SEED_IDS = list(stages.SEED_STAGES)
 
@@ -141,3 +145,187 @@ def test_env_json(capsys):
     assert code == 0
     info = json.loads(out)
     assert info["packages"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("prefix", ["/", "./", "~/", "a/b/"], ids=["abs", "dot", "tilde", "nested"])
+def test_a_missing_model_directory_says_no_such_directory(capsys, tmp_path, prefix):
+    """Failed before: transformers read '/missing' as a malformed hub id ("Repo id must use
+    alphanumeric chars ...")."""
+    name = f"{prefix}no-such-checkpoint-{tmp_path.name}"
+    line = error_line(capsys, ["run", "00_sdpa", "--device", "cpu", "--model", name])
+    assert "--model" in line and "no such directory" in line and name in line
+
+
+def test_a_model_path_that_is_a_file_says_so(capsys, tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"")
+    line = error_line(capsys, ["run", "00_sdpa", "--device", "cpu", "--model", str(path)])
+    assert "is not a directory" in line
+
+
+def test_seq_len_beyond_the_models_positions_is_bad_input(capsys):
+    """Failed before: accepted, and every stage failed at its first step."""
+    argv = ["run", "00_sdpa", "--device", "cpu", "--model", "tiny", "--seq-len", "4097"]
+    line = error_line(capsys, argv)
+    assert "--seq-len 4097" in line and "max_position_embeddings (4096)" in line
+
+
+def test_log_dir_that_is_a_file(capsys, tmp_path):
+    """Failed before: the first stage crashed parent-side on mkdir (FileExistsError, exit 1)."""
+    log = tmp_path / "logs"
+    log.write_text("not a directory")
+    line = error_line(capsys, ["run", "00_sdpa", "--device", "cpu", "--log-dir", str(log)])
+    assert f"--log-dir {log} is not a directory" in line
+
+
+def test_log_dir_that_cannot_be_written(capsys, tmp_path):
+    with read_only_dir(tmp_path) as ro:
+        line = error_line(capsys, ["run", "00_sdpa", "--device", "cpu", "--log-dir", str(ro)])
+    assert f"--log-dir {ro} is not writable" in line
+
+
+def test_jsonl_in_a_directory_that_cannot_be_written(capsys, tmp_path):
+    with read_only_dir(tmp_path) as ro:
+        store = ro / "results.jsonl"
+        line = error_line(capsys, ["run", "00_sdpa", "--device", "cpu", "--jsonl", str(store)])
+    assert f"--jsonl {store} is not writable" in line
+
+
+def test_jsonl_that_is_a_fifo_does_not_block(capsys, tmp_path):
+    """Opening a FIFO for appending waits for a reader forever; a store is a regular file."""
+    fifo = tmp_path / "results.jsonl"
+    os.mkfifo(fifo)
+    line = error_line(capsys, ["run", "00_sdpa", "--device", "cpu", "--jsonl", str(fifo)])
+    assert "is not a regular file" in line
+
+
+def test_jsonl_that_is_a_stage_log_is_refused(capsys, tmp_path):
+    """Each stage's log is opened for writing on every run: as the store it would wipe every
+    earlier result. Failed before: the results file was truncated to the new log."""
+    store = tmp_path / "00_sdpa.log"
+    store.write_bytes(b'{"kept": 1}\n')
+    argv = ["run", "00_sdpa", "--device", "cpu", "--log-dir", str(tmp_path), "--jsonl", str(store)]
+    assert "a stage's log in --log-dir" in error_line(capsys, argv)
+    assert store.read_bytes() == b'{"kept": 1}\n'
+
+
+def test_jsonl_under_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    store = tmp_path / "file" / "results.jsonl"
+    line = error_line(capsys, ["run", "00_sdpa", "--device", "cpu", "--jsonl", str(store)])
+    assert f"--jsonl {store} is not writable" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "00_sdpa", "--device", "cpu", "--seq-len", "99999"],
+        ["run", "00_sdpa", "--device", "cpu", "--model", "/no/such/model"],
+        ["run", "00_sdpa", "--device", "cpu", "--log-dir", "/dev/null"],
+        ["matrix", "--device", "cpu", "--subset", ","],
+    ],
+)
+def test_more_bad_input_leaves_jsonl_untouched(capsys, tmp_path, argv):
+    """Earlier results (valid or not, even bytes that are not UTF-8) survive any bad input."""
+    store = tmp_path / "results.jsonl"
+    content = b'{"kept": "earlier rows"}\n\xff\xfe not utf-8\n'
+    store.write_bytes(content)
+    error_line(capsys, [*argv, "--jsonl", str(store)])
+    assert store.read_bytes() == content
+
+
+# Runs whose stages are FAKE (`fake_run_isolated`, instant): what is under test is what the CLI
+# does with the store and the exit code.
+
+CPU_RUN = ["--device", "cpu", "--model", "tiny", "--seq-len", "64"]
+
+
+@pytest.fixture
+def fake_run_isolated(monkeypatch):
+    """Every stage is 'measured' instantly: ok, step-0 loss 7.5."""
+    from test_results import make_metrics
+
+    from stagebench import matrix
+
+    def fake(stage, workload, **kwargs):
+        return Result(
+            stage=stage.name, spec=stage.spec, status="ok", reason=None, model=workload.model,
+            workload=workload.to_dict(), metrics=make_metrics(loss_first=7.5),
+        )  # fmt: skip
+
+    monkeypatch.setattr(matrix, "run_isolated", fake)
+
+
+def test_a_full_disk_exits_4_and_prints_every_result(
+    capsys, tmp_path, monkeypatch, fake_run_isolated
+):
+    """Failed before: the first append raised OSError out of main (a traceback, exit 1) and the
+    rest of the matrix never ran; a short write said "results appended" and exited 0."""
+    store = tmp_path / "results.jsonl"
+    FakeDisk(monkeypatch, store, space=0)
+    code, out, err = run_cli(
+        capsys, ["run", "00_sdpa", "00_baseline", *CPU_RUN, "--jsonl", str(store)]
+    )
+    assert code == 4
+    assert "results appended" not in out
+    lines = err.splitlines()
+    assert lines[-1] == (
+        f"stagebench: error: could not store 2 result(s) in {store}: No space left on device"
+    )
+    printed = [Result.from_dict(json.loads(line)) for line in lines if line.startswith("{")]
+    assert [r.stage for r in printed] == ["00_sdpa", "00_baseline"]
+    assert store.read_bytes() == b""
+
+
+def test_a_real_full_filesystem_exits_4(capsys, tmp_path, fake_run_isolated):
+    with tiny_tmpfs(tmp_path / "disk") as disk:
+        store = disk / "results.jsonl"
+        store.write_bytes(b"")
+        fill(disk)
+        code, out, err = run_cli(capsys, ["run", "00_sdpa", *CPU_RUN, "--jsonl", str(store)])
+        assert code == 4, err
+        assert "results appended" not in out
+        assert "could not store 1 result(s)" in err.splitlines()[-1]
+        assert store.read_bytes() == b""
+
+
+def test_a_store_with_bad_lines_is_appended_to_not_rewritten(capsys, tmp_path, fake_run_isolated):
+    """Failed before: the non-UTF-8 line made `run` crash before its first stage."""
+    store = tmp_path / "results.jsonl"
+    content = b'\xef\xbb\xbf\xff not utf-8\n{"torn": \n'
+    store.write_bytes(content)
+    with pytest.warns(UserWarning) as record:
+        code, out, _ = run_cli(capsys, ["run", "00_sdpa", *CPU_RUN, "--jsonl", str(store)])
+    assert "results.jsonl:1: skipped a line that is not UTF-8" in str(record[0].message)
+    assert code == 0 and f"results appended to {store}" in out
+    assert store.read_bytes().startswith(content)
+    with pytest.warns(UserWarning):
+        assert [r.stage for r in results.load(store)] == ["00_sdpa"]
+
+
+def test_an_unexpected_exception_exits_4_with_its_traceback(capsys, monkeypatch):
+    """Failed before: the exception escaped main (Python's exit 1, read as "a stage failed")."""
+    from stagebench import matrix
+
+    def fake_bug(*args, **kwargs):
+        raise RuntimeError("fake bug")
+
+    monkeypatch.setattr(matrix, "run_matrix", fake_bug)
+    code, _, err = run_cli(capsys, ["run", "00_sdpa", *CPU_RUN])
+    assert code == 4
+    assert "Traceback" in err and 'raise RuntimeError("fake bug")' in err
+    assert err.splitlines()[-1] == "stagebench: internal error: RuntimeError: fake bug"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_cancelled_run_exits_128_plus_the_signal(capsys, monkeypatch, signum):
+    from stagebench import matrix
+    from stagebench.isolate import Cancelled
+
+    def fake_cancelled(*args, **kwargs):
+        raise Cancelled(signum)
+
+    monkeypatch.setattr(matrix, "run_matrix", fake_cancelled)
+    code, _, err = run_cli(capsys, ["run", "00_sdpa", *CPU_RUN])
+    assert code == 128 + signum
+    assert f"cancelled by {signal.Signals(signum).name}" in err

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from stagebench import results, stages
+from stagebench import isolate, results, stages
 from stagebench.isolate import classify, run_isolated
 from stagebench.matrix import run_matrix
+from stagebench.workload import Workload
 
 FAULTY_MATRIX = [
     "sdpa",  # real: the reference
@@ -124,3 +132,159 @@ def test_numerics_mismatch_against_the_reference(tiny_workload, child_can_import
     assert baseline.status == "numerics_mismatch"
     assert "rel diff 5.00e-01" in baseline.reason
     assert baseline.metrics is not None  # the measurement is kept, only the verdict changes
+
+
+# Cancelling: a cancelled CI job SIGTERMs stagebench; a runner that gives up SIGKILLs it. A real
+# `stagebench run` drives a FAKE hanging stage (faults.fake_hang: the stage process and a
+# grandchild standing in for a compile worker, both sleeping for an hour).
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    from stagebench import cli, matrix
+
+    matrix.run_matrix.__kwdefaults__["entry"] = "faults:dispatch"  # the FAKE stages
+    sys.exit(cli.main(sys.argv[1:]))
+    """
+)
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def hanging_run(tmp_path, child_can_import_faults, monkeypatch):
+    """`stagebench run` of a hanging stage, then one that must never start; started and waited
+    for until the hang is under way. Yields (driver, stage pid, grandchild pid, store, tmpdir)."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    pid_file = tmp_path / "hang.pid"
+    store = tmp_path / "results.jsonl"
+    monkeypatch.setenv("STAGEBENCH_TEST_PIDFILE", str(pid_file))
+    monkeypatch.setenv("TMPDIR", str(tmpdir))  # where run_isolated's stagebench-* dir goes
+    argv = ["run", "eager+compile", "eager+compile-default", "--device", "cpu", "--model", "tiny"]
+    argv += ["--seq-len", "64", "--timeout", "600", "--jsonl", str(store)]
+    with (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER, *argv], stdout=log, stderr=log)
+    try:
+        _wait_for(pid_file.exists, 180, "the fake stage started hanging")
+        _wait_for(lambda: pid_file.read_text().strip() != "", 10, "the pid file was written")
+        stage_pid = int(Path(f"{pid_file}.stage").read_text())
+        grandchild = int(pid_file.read_text())
+        assert list(tmpdir.glob("stagebench-*")), "the stage's temporary directory exists"
+        yield driver, stage_pid, grandchild, store, tmpdir
+    finally:  # a failed test must not leave its hour-long sleepers behind
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for path in (Path(f"{pid_file}.stage"), pid_file):
+            with contextlib.suppress(OSError, ValueError):
+                os.killpg(int(path.read_text()), signal.SIGKILL)
+
+
+def test_sigterm_stores_a_cancelled_result_and_leaves_nothing_behind(hanging_run, tmp_path):
+    """Failed before the fix: the driver died at once, the stage and its grandchild slept on as
+    orphans, no Result was stored and the temporary directory stayed."""
+    driver, stage_pid, grandchild, store, tmpdir = hanging_run
+    os.kill(driver.pid, signal.SIGTERM)
+    assert driver.wait(timeout=60) == 128 + signal.SIGTERM
+    _wait_for(lambda: not _alive(stage_pid) and not _alive(grandchild), 10, "stage processes died")
+    (cancelled,) = results.load(store)  # the second stage never started
+    assert cancelled.stage == "eager+compile" and cancelled.status == "cancelled"
+    assert cancelled.reason == "the run was cancelled (SIGTERM) before the stage finished"
+    assert cancelled.failed
+    assert not list(tmpdir.glob("stagebench-*"))
+    assert "cancelled by SIGTERM" in (tmp_path / "driver.log").read_text()
+
+
+def test_sigkill_of_the_parent_takes_the_stage_down(hanging_run):
+    """The parent cannot clean up after SIGKILL: the child, told by the kernel, ends its
+    session (the grandchild too) and removes the temporary directory itself.
+
+    Failed before the fix: both processes lived on for their hour, the directory stayed.
+    """
+    driver, stage_pid, grandchild, _, tmpdir = hanging_run
+    os.kill(driver.pid, signal.SIGKILL)
+    assert driver.wait(timeout=30) == -signal.SIGKILL
+    _wait_for(lambda: not _alive(stage_pid) and not _alive(grandchild), 30, "stage processes died")
+    _wait_for(lambda: not list(tmpdir.glob("stagebench-*")), 30, "the temporary directory went")
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["stage-child", "torchrun-worker"])
+def test_a_child_whose_parent_is_already_gone_ends_itself(tmp_path, worker):
+    """The parent may die between the child's start and its PR_SET_PDEATHSIG request (the
+    kernel would then never tell it): the child compares its parent with the one it was told
+    of, and ends at once. Only the directory's owner removes it (a worker's launcher does)."""
+    job_dir = tmp_path / "stagebench-job"
+    job_dir.mkdir()
+    job = {"stage": "00_sdpa", "workload": Workload(model="tiny", device="cpu").to_dict()}
+    (job_dir / "job.json").write_text(json.dumps(job))
+    environ = {**os.environ, isolate.PARENT_PID_ENV: "1"}  # not this child's parent
+    if worker:
+        environ["RANK"] = "1"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "stagebench.isolate", str(job_dir / "job.json"), "r.json"],
+        env=environ,
+        start_new_session=True,
+    )
+    assert child.wait(timeout=120) == -signal.SIGTERM
+    assert job_dir.exists() is worker
+
+
+# The inductor cache: decided by the parent, before the child's torch picks its own default.
+
+
+def test_a_compile_stage_uses_the_stagebench_cache(tiny_workload, tmp_path, monkeypatch):
+    """A real per-layer compile on the CPU with HOME and XDG_CACHE_HOME in a temporary
+    directory: inductor's artifacts (FX graph cache, AOT autograd cache, kernels) land in
+    <cache>/stagebench/inductor, the Result says so, and torch's own default (under TMPDIR)
+    gets nothing but the precompiled headers torch always keeps there.
+
+    Failed before the fix: torch had set TORCHINDUCTOR_CACHE_DIR to its TMPDIR default while
+    the model was built, so use_cache_dir took that; nothing reached the stagebench cache.
+    """
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    workload = dataclasses.replace(
+        tiny_workload, warmup_steps=1, min_steps=2, max_steps=2, timeout_s=600.0
+    )
+    result = run_isolated(stages.resolve("sdpa+compile-default"), workload)
+    assert result.status == "ok", (result.reason, result.log_tail)
+    cache = tmp_path / "cache" / "stagebench" / "inductor"
+    for part in ("fxgraph", "aotautograd"):
+        assert any(p.is_file() for p in (cache / part).rglob("*")), f"no {part} in the cache"
+    assert result.metrics.notes["compile_cache"] == str(cache)
+    for default in (tmp_path / "tmp").glob("torchinductor_*"):
+        assert {p.name for p in default.iterdir()} <= {"precompiled_headers"}
+
+
+@pytest.mark.parametrize(
+    ("requested", "explicit", "expected"),
+    [
+        ("/w/cache", "/env/cache", "/w/cache"),
+        (None, "/env/cache", "/env/cache"),
+        (None, None, "/xdg/stagebench/inductor"),
+    ],
+    ids=["workload", "environment", "default"],
+)
+def test_the_parent_puts_the_cache_in_the_childs_environment(
+    monkeypatch, requested, explicit, expected
+):
+    """The workload's cache, else an explicit TORCHINDUCTOR_CACHE_DIR, else stagebench's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    if explicit:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", explicit)
+    else:
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    workload = Workload(model="tiny", device="cpu", compile_cache=requested)
+    environ = isolate._child_env(workload)
+    assert environ["TORCHINDUCTOR_CACHE_DIR"] == expected
+    assert environ[isolate.PARENT_PID_ENV] == str(os.getpid())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -86,3 +88,39 @@ def test_default_preset():
     assert models.default_preset("cuda") == "qwen3-8b"
     assert models.default_preset("cuda:1") == "qwen3-8b"
     assert models.default_preset("cpu") == "tiny"
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen3-8B", "gpt2", "org/model.v2"])
+def test_hub_ids_are_not_paths(name):
+    """namespace/name (and a bare name) go to the hub, not to a "no such directory" error."""
+    assert not models.looks_like_path(name)
+
+
+@pytest.mark.parametrize("name", ["/abs/dir", "./rel", "../up", "~/home", "a/b/c", ".hidden"])
+def test_paths_are_paths(name):
+    assert models.looks_like_path(name)
+
+
+def test_a_missing_directory_never_reaches_transformers(tmp_path):
+    """Failed before: '/missing/dir' went to transformers as a hub id, whose message was about
+    repository id characters."""
+    missing = str(tmp_path / "a" / "b")
+    with pytest.raises(ModelError, match="no such directory"):
+        load_config(missing)
+
+
+def test_check_name_without_transformers(tmp_path):
+    """What the asv suite checks at import: a preset, a checkpoint directory, a hub id form."""
+    load_config("tiny").save_pretrained(tmp_path)
+    for name in ("tiny", str(tmp_path), "Qwen/Qwen3-8B"):
+        models.check_name(name)
+    with pytest.raises(ModelError, match="unknown model 'nonexistent'"):
+        models.check_name("nonexistent")
+    with pytest.raises(ModelError, match=r"has no config\.json"):
+        models.check_name(str(tmp_path / ".."))
+
+
+def test_importing_models_imports_no_torch():
+    code = "import sys, stagebench.models; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

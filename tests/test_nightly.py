@@ -40,6 +40,7 @@ RUNNER_ANCHOR = "    reason = optim.unavailable_reason(stage, device)\n"
 RUNNER_PLANT = (
     "    if not stage.compiles:\n        raise RuntimeError('planted: eager path broken')\n"
 )
+WARM_UP = [sys.executable, "-m", "stagebench.cli", "run", "sdpa+compile-default", "--device", "cpu"]
 COMPILE = "src/stagebench/optim/compile.py"
 COMPILE_ANCHOR = "        use_cache_dir(ctx.compile_cache)\n"
 COMPILE_PLANT = "        torch._inductor.config.force_disable_caches = True  # planted\n"
@@ -105,8 +106,7 @@ def nights(tmp_path_factory):
     cache = root / "runner-cache" / "inductor"  # the runner's persistent compile cache
     warm = bench_env(root / "home-0", TORCHINDUCTOR_CACHE_DIR=str(cache))
     subprocess.run(
-        [sys.executable, "-m", "stagebench.cli", "run", "sdpa+compile-default", "--device", "cpu"]
-        + ["--model", "tiny", "--seq-len", "64", "--warmup-steps", "2", "--max-steps", "3"],
+        [*WARM_UP, "--model", "tiny", "--seq-len", "64", "--warmup-steps", "2", "--max-steps", "3"],
         cwd=dev,
         env={**warm, "PYTHONPATH": str(dev / "src")},
         check=True,

@@ -1,7 +1,9 @@
-"""The Result schema and its JSON Lines store: round trips, validation, torn lines, dead writers."""
+"""The Result schema and its JSON Lines store: round trips, validation, torn lines, dead writers,
+full disks and lines that are not what they should be."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -12,9 +14,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from fake_disk import FakeDisk, fill, tiny_tmpfs
 
 from stagebench import results
-from stagebench.results import DistributedMetrics, Metrics, Result
+from stagebench.results import DistributedMetrics, Metrics, Result, StoreError
+from stagebench.workload import Workload
+
+WORKLOAD = Workload(model="tiny", device="cpu", dtype="float32", seq_len=1024).to_dict()
 
 
 def make_metrics(**overrides) -> Metrics:
@@ -32,12 +38,13 @@ def make_metrics(**overrides) -> Metrics:
     return Metrics(**values)
 
 
-def make_result(stage: str = "00_sdpa", status: str = "ok", metrics: Metrics | None = None):
+def make_result(
+    stage: str = "00_sdpa", status: str = "ok", metrics: Metrics | None = None, log_tail=None
+):
     return Result(
         stage=stage, spec="sdpa", status=status, reason=None if status == "ok" else "why",
-        model="tiny", workload={"model": "tiny", "batch_size": 2, "seq_len": 1024},
-        metrics=metrics, env={"packages": {"torch": "2.13"}}, started_at="2025-01-01T00:00:00",
-        wall_time_s=42.0,
+        model="tiny", workload=dict(WORKLOAD), metrics=metrics, env={"packages": {"torch": "2.13"}},
+        started_at="2025-01-01T00:00:00", wall_time_s=42.0, log_tail=log_tail,
     )  # fmt: skip
 
 
@@ -87,6 +94,7 @@ def test_a_version_1_line_still_loads():
     data = make_result(metrics=make_metrics()).to_dict()
     data["schema_version"] = 1
     del data["metrics"]["distributed"]
+    del data["workload"]["nproc"]  # added with schema 2, too
     back = Result.from_dict(data)
     assert back.metrics.distributed is None
     assert back.schema_version == results.SCHEMA_VERSION
@@ -111,6 +119,7 @@ def test_unknown_field_raises():
         ("crashed", True),
         ("error", True),
         ("numerics_mismatch", True),
+        ("cancelled", True),
     ],
 )
 def test_failed(status, failed):
@@ -122,7 +131,7 @@ def test_every_status_is_classified():
     """A newly added status must be placed in the failed table above too."""
     assert set(results.STATUSES) == {
         "ok", "unavailable", "oom", "compile_error", "timeout", "crashed", "error",
-        "numerics_mismatch",
+        "numerics_mismatch", "cancelled",
     }  # fmt: skip
 
 
@@ -194,11 +203,12 @@ CHILD = textwrap.dedent(
     import json, os, sys, time
     from pathlib import Path
     from stagebench.results import Result, append
+    from stagebench.workload import Workload
 
     path = Path(sys.argv[1])
     def result(stage):
         return Result(stage=stage, spec="sdpa", status="ok", reason=None, model="tiny",
-                      workload={"seq_len": 64})
+                      workload=Workload(model="tiny", seq_len=64).to_dict())
     for i in range(3):
         append(path, result(f"stage{i}"))
     line = json.dumps(result("stage3").to_dict(), sort_keys=True) + "\\n"
@@ -233,3 +243,175 @@ def test_writer_killed_mid_line(tmp_path):
     assert [r.stage for r in loaded] == ["stage0", "stage1", "stage2"]
     assert len(record) == 1
     assert "skipped unreadable result" in str(record[0].message)
+
+
+# A full disk. FAKE disks (tests/fake_disk.py) give each failure on demand; /dev/full and a tiny
+# tmpfs are real ones.
+
+
+def _store_with_one_row(tmp_path: Path) -> tuple[Path, bytes]:
+    path = tmp_path / "r.jsonl"
+    results.append(path, make_result(stage="earlier"))
+    return path, path.read_bytes()
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    """os.write may take part of a line and succeed: the rest must follow, not be dropped.
+
+    Failed before the fix: the line was cut after the first write and append returned.
+    """
+    path, _ = _store_with_one_row(tmp_path)
+    disk = FakeDisk(monkeypatch, path, chunk=100)
+    results.append(path, make_result(stage="later", metrics=make_metrics()))
+    assert len(disk.writes) > 5 and all(n <= 100 for n in disk.writes)
+    assert [r.stage for r in results.load(path)] == ["earlier", "later"]
+
+
+@pytest.mark.parametrize("space", [0, 300], ids=["no-space", "part-of-the-line"])
+def test_full_disk_raises_and_leaves_no_torn_line(tmp_path, monkeypatch, space):
+    """ENOSPC before or within the line: StoreError names the path and the errno text, and the
+    file is back to what it was, byte for byte (no torn line for the next reader).
+
+    Failed before the fix: the short write was ignored ("results appended") and a torn line
+    stayed; with no space at all the bare OSError escaped.
+    """
+    path, before = _store_with_one_row(tmp_path)
+    FakeDisk(monkeypatch, path, space=space)
+    with pytest.raises(StoreError) as info:
+        results.append(path, make_result(stage="lost", metrics=make_metrics()))
+    assert str(path) in str(info.value)
+    assert "No space left on device" in str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+
+
+def test_failed_fsync_takes_the_line_back(tmp_path, monkeypatch):
+    """A line the disk could not make durable (EIO on fsync) is not left behind as if stored."""
+    path, before = _store_with_one_row(tmp_path)
+    FakeDisk(monkeypatch, path, fsync_error=errno.EIO)
+    with pytest.raises(StoreError, match="Input/output error"):
+        results.append(path, make_result(stage="lost"))
+    assert path.read_bytes() == before
+
+
+def test_a_write_that_takes_nothing_is_a_full_disk(tmp_path, monkeypatch):
+    """A write returning 0 must not be retried forever."""
+    path, before = _store_with_one_row(tmp_path)
+    monkeypatch.setattr(results.os, "write", lambda fd, data: 0)  # a FAKE device
+    with pytest.raises(StoreError, match="No space left on device"):
+        results.append(path, make_result(stage="lost"))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_dev_full_is_a_store_error():
+    """A real ENOSPC from the kernel: /dev/full refuses every write."""
+    with pytest.raises(StoreError, match="No space left on device"):
+        results.append(Path("/dev/full"), make_result())
+
+
+def test_real_full_filesystem(tmp_path):
+    """A real tmpfs, full: a line that fits only in part is written in part by the kernel (a
+    real short write), then ENOSPC; the file must end as it was, and a later append on a disk
+    with room again must work."""
+    with tiny_tmpfs(tmp_path / "disk", size_kib=16) as disk:
+        path = disk / "r.jsonl"
+        results.append(path, make_result(stage="earlier", log_tail="x" * 3000))
+        before = path.read_bytes()
+        fill(disk)
+        with pytest.raises(StoreError, match="No space left on device"):
+            results.append(path, make_result(stage="lost", log_tail="y" * 3000))
+        assert path.read_bytes() == before
+        (disk / "filler").unlink()
+        results.append(path, make_result(stage="later"))
+        assert [r.stage for r in results.load(path)] == ["earlier", "later"]
+
+
+# Lines that are not what they should be: each is skipped with a warning naming path:line, and
+# never hides the rows around it.
+
+
+def _rows_around(tmp_path: Path, bad: bytes) -> Path:
+    path = tmp_path / "r.jsonl"
+    results.append(path, make_result(stage="a"))
+    with path.open("ab") as f:
+        f.write(bad + b"\n")
+    results.append(path, make_result(stage="b"))
+    return path
+
+
+def _load_warnings(path: Path) -> tuple[list[str], list[str]]:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        stages = [r.stage for r in results.load(path)]
+    return stages, [str(w.message) for w in record]
+
+
+def test_a_line_that_is_not_utf8_is_skipped(tmp_path):
+    """Failed before the fix: read_text() raised UnicodeDecodeError and nothing loaded."""
+    path = _rows_around(tmp_path, b'{"stage": "\xff\xfe latin-1 \xe9"}')
+    stages, messages = _load_warnings(path)
+    assert stages == ["a", "b"]
+    assert len(messages) == 1 and f"{path}:2:" in messages[0] and "UTF-8" in messages[0]
+
+
+def test_a_bom_on_the_first_line_is_accepted(tmp_path):
+    """Failed before the fix: the BOM made the first line invalid JSON, so it was skipped."""
+    path = tmp_path / "r.jsonl"
+    line = json.dumps(make_result(stage="first").to_dict()).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + line + b"\n")
+    results.append(path, make_result(stage="second"))
+    assert _load_warnings(path) == (["first", "second"], [])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"flash": True}, "unknown workload field"),
+        ({"seq_len": None}, "seq_len"),
+        ({"seq_len": "1024"}, "seq_len"),
+        ("not a dict", "JSON object"),
+    ],
+    ids=["unknown-key", "null-value", "wrong-type", "not-an-object"],
+)
+def test_a_line_with_a_bad_workload_is_skipped(tmp_path, change, message):
+    """Failed before the fix: such a line loaded, then Workload.from_dict raised TypeError in
+    the reference lookup of every later run (`run`, `matrix --jsonl`, asv's setup_cache)."""
+    data = make_result(stage="bad").to_dict()
+    data["workload"] = {**data["workload"], **change} if isinstance(change, dict) else change
+    path = _rows_around(tmp_path, json.dumps(data).encode())
+    stages, messages = _load_warnings(path)
+    assert stages == ["a", "b"]
+    assert len(messages) == 1 and f"{path}:2:" in messages[0] and message in messages[0]
+
+
+def test_an_unknown_workload_round_trips():
+    """{} is how the code says "not known" (a rank that died without a Result): it reads back,
+    and is never taken for a reference (test_matrix.py)."""
+    data = make_result().to_dict()
+    data["workload"] = {}
+    assert Result.from_dict(data).workload == {}
+
+
+def test_a_line_missing_a_workload_key_is_skipped(tmp_path):
+    data = make_result(stage="bad").to_dict()
+    del data["workload"]["seq_len"]
+    path = _rows_around(tmp_path, json.dumps(data).encode())
+    stages, messages = _load_warnings(path)
+    assert stages == ["a", "b"]
+    assert len(messages) == 1 and "lacks seq_len" in messages[0]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'{"metrics": 5}', b"[" * 100_000, b'{"schema_version": 2, "metrics": [1]}'],
+    ids=["metrics-not-object", "deeply-nested", "metrics-a-list"],
+)
+def test_other_hostile_lines_are_skipped(tmp_path, bad):
+    if bad.startswith(b"{"):
+        data = make_result(stage="bad").to_dict()
+        data.update(json.loads(bad))
+        bad = json.dumps(data).encode()
+    stages, messages = _load_warnings(_rows_around(tmp_path, bad))
+    assert stages == ["a", "b"]
+    assert len(messages) == 1

@@ -83,3 +83,48 @@ def test_round_trip():
     w = Workload(model="tiny", device="cpu", dtype="float32", seq_len=64, peak_tflops=12.5)
     assert Workload.from_dict(json.loads(json.dumps(w.to_dict()))) == w
     assert Workload.from_dict(Workload(model="qwen3-8b").to_dict()) == Workload(model="qwen3-8b")
+
+
+# from_dict reads JSON (a stored Result's workload, STAGEBENCH_WORKLOAD): anything can be there.
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": "tiny", "flash": True}, "unknown workload field(s) 'flash'; valid: model"),
+        ({"seq_len": 64}, "workload lacks model"),
+        ({"model": "tiny", "seq_len": "64"}, "invalid seq_len='64': must be an integer"),
+        ({"model": "tiny", "seq_len": 64.5}, "invalid seq_len=64.5: must be an integer"),
+        ({"model": "tiny", "batch_size": True}, "invalid batch_size=True: must be an integer"),
+        ({"model": 7}, "invalid model=7: must be a string"),
+        ({"model": "tiny", "peak_tflops": "x"}, "peak_tflops='x': must be a number or null"),
+        ({"model": "tiny", "seq_len": None}, "invalid seq_len=None: must be an integer"),
+        ({"model": "tiny", "timeout_s": float("inf")}, "timeout_s=inf: must be a finite"),
+        ([1, 2], "a workload is a JSON object of fields, not list"),
+    ],
+)
+def test_from_dict_names_what_is_wrong(data, message):
+    """Failed before: unknown keys and missing ones were a TypeError from the constructor, and
+    wrong types either passed ("64" as a seq_len) or raised TypeError mid-comparison."""
+    with pytest.raises(ValueError) as info:
+        Workload.from_dict(data)
+    assert message in str(info.value)
+
+
+def test_from_dict_takes_whole_numbers_for_floats():
+    """JSON writes 600.0 as 600 in many tools; a float field takes it."""
+    w = Workload.from_dict({"model": "tiny", "timeout_s": 600, "target_ci_pct": 1})
+    assert w.timeout_s == 600.0 and isinstance(w.timeout_s, float)
+    assert isinstance(w.target_ci_pct, float)
+
+
+def test_complete_from_dict_needs_every_field_but_later_ones():
+    """A stored workload must say everything that made its numbers; fields added after schema 1
+    (nproc) may be missing from old lines."""
+    full = Workload(model="tiny").to_dict()
+    assert Workload.from_dict(full, complete=True) == Workload(model="tiny")
+    del full["nproc"]
+    assert Workload.from_dict(full, complete=True).nproc is None
+    del full["seq_len"]
+    with pytest.raises(ValueError, match="lacks seq_len"):
+        Workload.from_dict(full, complete=True)

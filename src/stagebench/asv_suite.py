@@ -6,7 +6,8 @@ returns its Result; the `track_*` methods only read it. A stage that cannot run 
 which asv prints in its log.
 
 Configuration comes from the environment so the same suite serves a GPU nightly and a CPU CI:
-    STAGEBENCH_PRESET    model preset or path (default: qwen3-8b with CUDA, tiny without)
+    STAGEBENCH_PRESET    preset, checkpoint directory or namespace/name hub id
+                         (default: qwen3-8b with CUDA, tiny without)
     STAGEBENCH_WORKLOAD  JSON object of Workload overrides, e.g. '{"seq_len": 128}'
     STAGEBENCH_MATRIX    named matrix or comma-separated stages (default: seed + cpu matrices)
     STAGEBENCH_STORE     JSON Lines file every Result is also appended to
@@ -14,6 +15,10 @@ Configuration comes from the environment so the same suite serves a GPU nightly 
     STAGEBENCH_DEVICE    cuda or cpu (default: cuda where NVML sees a GPU)
     STAGEBENCH_NPROCS    GPU counts for the multi-GPU classes (default: 2,4): the `fsdp` matrix
                          under FSDP2 with that many ranks, skipped where fewer GPUs are visible
+
+A bad value raises SuiteConfigError, whose message starts with the variable's name, when asv
+imports the suite. `python -m stagebench.asv_suite` checks the configuration first: one line
+with the workload and the number of classes, or one error line and exit 2.
 """
 
 from __future__ import annotations
@@ -28,9 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagebench import PROTOCOL_VERSION, results, stages
+from stagebench import PROTOCOL_VERSION, models, results, stages
 from stagebench.metrics import METRICS
 from stagebench.workload import Workload, defaults_for
+
+
+class SuiteConfigError(ValueError):
+    """A STAGEBENCH_* variable the suite cannot use; the message starts with its name."""
 
 
 def _device() -> str:
@@ -40,20 +49,54 @@ def _device() -> str:
 
     explicit = os.environ.get("STAGEBENCH_DEVICE")
     if explicit:
+        if explicit not in ("cuda", "cpu"):
+            raise SuiteConfigError(f"STAGEBENCH_DEVICE={explicit!r}: give cuda or cpu")
         return explicit
     return "cuda" if gpu_info().get("gpu") else "cpu"
 
 
+def _overrides() -> dict[str, Any]:
+    text = os.environ.get("STAGEBENCH_WORKLOAD") or "{}"
+    example = "give a JSON object of workload fields, e.g. '{\"seq_len\": 128}'"
+    try:
+        overrides = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        message = f"STAGEBENCH_WORKLOAD={text!r} is not JSON ({exc}); {example}"
+        raise SuiteConfigError(message) from None
+    if not isinstance(overrides, dict):
+        raise SuiteConfigError(f"STAGEBENCH_WORKLOAD={text!r} is not an object; {example}")
+    return overrides
+
+
 def bench_workload() -> Workload:
     device = _device()
-    from stagebench.models import default_preset
-
+    overrides = _overrides()
+    if "device" in overrides:  # the per-device defaults follow STAGEBENCH_DEVICE
+        raise SuiteConfigError("STAGEBENCH_WORKLOAD: set the device with STAGEBENCH_DEVICE")
     fields: dict[str, Any] = {
-        "model": os.environ.get("STAGEBENCH_PRESET") or default_preset(device)
+        "model": os.environ.get("STAGEBENCH_PRESET") or models.default_preset(device),
+        "device": device,
+        **defaults_for(device),
+        **overrides,
     }
-    fields.update(defaults_for(device))
-    fields.update(json.loads(os.environ.get("STAGEBENCH_WORKLOAD") or "{}"))
-    return Workload(device=device, **fields)
+    if isinstance(fields["model"], str):  # not a string: Workload names it below
+        source = "STAGEBENCH_WORKLOAD" if "model" in overrides else "STAGEBENCH_PRESET"
+        try:
+            models.check_name(fields["model"])
+        except models.ModelError as exc:
+            raise SuiteConfigError(f"{source}: {exc}") from None
+    try:
+        workload = Workload.from_dict(fields)
+    except ValueError as exc:
+        text = os.environ.get("STAGEBENCH_WORKLOAD")
+        raise SuiteConfigError(f"STAGEBENCH_WORKLOAD={text!r}: {exc}") from None
+    limit = models.max_positions(workload.model)
+    if limit is not None and workload.seq_len > limit:
+        raise SuiteConfigError(
+            f"STAGEBENCH_WORKLOAD: seq_len={workload.seq_len} is above {workload.model}'s "
+            f"max_position_embeddings ({limit})"
+        )
+    return workload
 
 
 def bench_stages() -> list[stages.Stage]:
@@ -63,9 +106,17 @@ def bench_stages() -> list[stages.Stage]:
     chosen = os.environ.get("STAGEBENCH_MATRIX")
     if chosen:
         names = stages.MATRICES.get(chosen) or [n.strip() for n in chosen.split(",") if n.strip()]
+        if not names:
+            raise SuiteConfigError(
+                f"STAGEBENCH_MATRIX={chosen!r} names no stage; give "
+                f"{' | '.join(stages.MATRICES)} or comma-separated stages"
+            )
     else:
         names = [n for matrix in stages.MATRICES.values() for n in matrix]
-    return list(dict.fromkeys(stages.resolve(n) for n in names))
+    try:
+        return list(dict.fromkeys(stages.resolve(n) for n in names))
+    except stages.StageError as exc:
+        raise SuiteConfigError(f"STAGEBENCH_MATRIX={chosen!r}: {exc}") from None
 
 
 def bench_nprocs() -> list[int]:
@@ -73,9 +124,9 @@ def bench_nprocs() -> list[int]:
     try:
         counts = [int(n) for n in text.split(",") if n.strip()]
     except ValueError:
-        raise ValueError(f"STAGEBENCH_NPROCS={text!r}: give GPU counts like 2,4") from None
+        raise SuiteConfigError(f"STAGEBENCH_NPROCS={text!r}: give GPU counts like 2,4") from None
     if any(n < 2 for n in counts):
-        raise ValueError(f"STAGEBENCH_NPROCS={text!r}: multi-GPU classes need 2 or more")
+        raise SuiteConfigError(f"STAGEBENCH_NPROCS={text!r}: multi-GPU classes need 2 or more")
     return counts
 
 
@@ -84,7 +135,10 @@ def store_path(root: Path) -> Path:
     passes ASV_CONF_DIR only to build commands), inside asv's results directory: the history
     the nightly keeps holds every full Result beside asv's numbers."""
     explicit = os.environ.get("STAGEBENCH_STORE")
-    return Path(explicit) if explicit else root / ".asv" / "results" / "stagebench-results.jsonl"
+    path = Path(explicit) if explicit else root / ".asv" / "results" / "stagebench-results.jsonl"
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise SuiteConfigError(f"STAGEBENCH_STORE={str(path)!r} is not a file; give a file path")
+    return path
 
 
 def _too_few_gpus(workload: Workload) -> str | None:
@@ -200,3 +254,24 @@ def stage_benchmarks(package: str, root: Path) -> dict[str, type]:
             stage = stages.resolve(name)
             classes[_class_name(stage, nproc)] = _make_class(stage, package, store, nproc)
     return classes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the suite's configuration the way asv will import it, before `asv run`."""
+    root = Path(argv[0]) if argv else Path.cwd()
+    try:
+        workload = bench_workload()
+        classes = stage_benchmarks("benchmarks.stages", root)
+        store = store_path(root)
+    except SuiteConfigError as exc:
+        print(f"stagebench: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"stagebench asv suite: {len(classes)} classes; workload "
+        f"{json.dumps(workload.to_dict(), sort_keys=True)}; store {store}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

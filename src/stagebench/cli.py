@@ -1,15 +1,24 @@
 """`stagebench ...`: thin; parses, validates, calls the rooms, prints.
 
-Exit codes: 0 every stage ok or unavailable (or: judged and clean), 1 a stage failed (or: a
-regression), 2 bad input, 3 cannot judge (regressions, compare: no readable history, machine not
-found, history too short).
+Exit codes, the same for every command:
+  0  clean: every stage ok or unavailable; no regression
+  1  a stage failed (run, matrix) or a regression (regressions, compare)
+  2  bad input: one line says what was wrong and what is accepted
+  3  cannot judge (regressions, compare): no readable history, machine not found, history
+     too short
+  4  stagebench could not do its job: results not stored (a full disk), or an unexpected error
+     (its traceback, then one line)
+  128 + N  cancelled by signal N (SIGTERM: 143, SIGINT: 130); the cancelled stage is stored
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 from rich.console import Console
@@ -17,10 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stagebench import __version__, env, stages
 from stagebench.models import PRESETS, ModelError, default_preset, load_config
-from stagebench.results import Result
+from stagebench.results import Result, StoreError
 from stagebench.workload import Workload, defaults_for
 
 MATRICES = stages.MATRICES
+
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_JUDGE, EXIT_NOT_DONE = 1, 2, 3, 4
 
 
 class BadInput(Exception):
@@ -111,9 +123,9 @@ def workload_from(args: argparse.Namespace) -> Workload:
     device = _device(args.device)
     model = args.model or default_preset(device)
     try:
-        load_config(model)
+        config = load_config(model)
     except ModelError as exc:
-        raise BadInput(str(exc)) from None
+        raise BadInput(f"--model: {exc}" if args.model else str(exc)) from None
     fields = defaults_for(device)
     for name in (
         "dtype",
@@ -136,9 +148,15 @@ def workload_from(args: argparse.Namespace) -> Workload:
         # Only --max-steps given: a smaller cap lowers the default minimum with it.
         fields["min_steps"] = max(1, min(fields.get("min_steps", 10), args.max_steps))
     try:
-        return Workload(model=model, device=device, **fields)
+        workload = Workload(model=model, device=device, **fields)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and workload.seq_len > limit:
+        raise BadInput(
+            f"--seq-len {workload.seq_len} is above {model}'s max_position_embeddings ({limit})"
+        )
+    return workload
 
 
 def resolve_stages(names: list[str]) -> list[stages.Stage]:
@@ -159,26 +177,55 @@ def _subset(value: str | None, device: str) -> list[str]:
     return names
 
 
-def _check_writable(path: Path | None) -> None:
-    """Fail before any stage runs, not after the first one finished."""
+def _check_store(path: Path | None) -> None:
+    """Fail before any stage runs, not after the first one finished; never changes the file."""
     if path is None:
         return
     if path.is_dir():
         raise BadInput(f"--jsonl {path} is a directory; give a file path")
+    if path.exists() and not path.is_file():  # a FIFO would block, a device is no store
+        raise BadInput(f"--jsonl {path} is not a regular file; give a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
+        # Opened the way results.append opens it (read for the torn-line check, append)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644))
+    except OSError as exc:
+        raise BadInput(f"--jsonl {path} is not writable ({exc.strerror or exc})") from None
+
+
+def _check_log_dir(path: Path | None) -> None:
+    """A log directory that cannot take logs fails before any stage runs."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"--log-dir {path} is not a directory; give a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise BadInput(f"--jsonl {path} is not writable ({exc.strerror})") from None
+        raise BadInput(f"--log-dir {path} is not writable ({exc.strerror or exc})") from None
+
+
+def _check_apart(store: Path | None, log_dir: Path | None, stage_list: list[stages.Stage]) -> None:
+    """Each stage's log is rewritten on every run: it must not be the results file."""
+    from stagebench.isolate import log_name
+
+    if store is None or log_dir is None:
+        return
+    if store.resolve() in {(log_dir / log_name(s)).resolve() for s in stage_list}:
+        raise BadInput(f"--jsonl {store} is a stage's log in --log-dir, which each run rewrites")
 
 
 def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Console) -> int:
+    from stagebench.isolate import Cancelled
     from stagebench.matrix import run_matrix
     from stagebench.report import print_results
 
     workload = workload_from(args)
-    _check_writable(args.jsonl)
+    _check_apart(args.jsonl, args.log_dir, stage_list)
+    _check_store(args.jsonl)
+    _check_log_dir(args.log_dir)
     ranks = f", FSDP2 over {workload.nproc} processes" if workload.nproc else ""
     console.print(
         f"stagebench {__version__}: {len(stage_list)} stage(s) on {workload.model} "
@@ -202,18 +249,31 @@ def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Cons
             progress.advance(task)
             progress.console.print(f"  {result.stage}: {result.status}", highlight=False)
 
-        done = run_matrix(
-            stage_list,
-            workload,
-            store=args.jsonl,
-            log_dir=args.log_dir,
-            on_start=started,
-            on_result=finished,
-        )
+        unstored: list[StoreError] = []
+        try:
+            done = run_matrix(
+                stage_list,
+                workload,
+                store=args.jsonl,
+                log_dir=args.log_dir,
+                on_start=started,
+                on_result=finished,
+                on_store_error=lambda result, exc: unstored.append(exc),
+            )
+        except Cancelled as exc:
+            print(f"stagebench: {exc}; no further stage was started", file=sys.stderr)
+            return exc.exit_code
     print_results(done, console)
+    if unstored:  # the Results themselves went to stderr as they ended
+        print(
+            f"stagebench: error: could not store {len(unstored)} result(s) in {args.jsonl}: "
+            f"{unstored[-1].reason}",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_DONE
     if args.jsonl:
         console.print(f"results appended to {args.jsonl}", highlight=False)
-    return 1 if any(r.failed for r in done) else 0
+    return EXIT_FAILED if any(r.failed for r in done) else 0
 
 
 def _list(args: argparse.Namespace, console: Console) -> int:
@@ -324,10 +384,17 @@ def main(argv: list[str] | None = None) -> int:
         return _env(args, console)
     except BadInput as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except CannotJudgeError as exc:
         print(f"stagebench: cannot judge: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_CANNOT_JUDGE
+    except StoreError as exc:
+        print(f"stagebench: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_DONE
+    except Exception as exc:  # a bug or the machine, never "a stage failed" (1)
+        traceback.print_exc()
+        print(f"stagebench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_NOT_DONE
 
 
 if __name__ == "__main__":

@@ -11,34 +11,50 @@ here and the parent kills their sessions too. When ranks fail, the root cause is
 whose collective broke because a peer died raises a generic error, and torchrun SIGTERMs the
 survivors of a failure; the peer's own failure (an OOM, a compile error, another signal) is the
 cause; among equals, the earliest.
+
+Cancelling (SIGTERM, what a cancelled CI job sends, or SIGINT) stops the stage's session and its
+workers' sessions, stores a `cancelled` Result, removes the temporary directory and raises
+Cancelled, so no further stage starts. A parent killed outright (SIGKILL) cannot clean up: the
+child asks the kernel for a SIGTERM when its parent dies (PR_SET_PDEATHSIG) and then ends its own
+session and removes the job's temporary directory itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from stagebench import distributed, env, stages
-from stagebench.optim import Unavailable
+# No torch at import: a stage's child (and torchrun's launcher) asks to die with its parent
+# before the seconds torch takes to import.
+from stagebench import env, stages
 from stagebench.results import Metrics, Result
-from stagebench.runner import StageUnavailable
 from stagebench.workload import Workload
 
 # The function a child calls to measure a stage; tests point `entry` at fault injectors.
 DEFAULT_ENTRY = "stagebench.runner:run_stage"
 LOG_TAIL_LINES = 40
 KILL_GRACE_S = 10.0
+# A cancelled CI job is killed outright seconds after its SIGTERM: stop the stage sooner.
+CANCEL_GRACE_S = 2.0
+POLL_S = 0.2  # how often the parent looks for a finished child, a timeout or a cancel
+CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The pid of the process that started this one (a stage's child learns its parent's pid here,
+# to notice a parent that died before PR_SET_PDEATHSIG took effect).
+PARENT_PID_ENV = "STAGEBENCH_PARENT_PID"
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "can't allocate memory")
 
 
@@ -58,6 +74,9 @@ def first_line(text: str) -> str:
 def classify(exc: BaseException) -> tuple[str, str]:
     """An exception raised while measuring -> (status, one-line reason)."""
     import torch
+
+    from stagebench.optim import Unavailable
+    from stagebench.runner import StageUnavailable
 
     chain = _chain(exc)
     for e in chain:  # an OOM during autotuning is still an OOM
@@ -87,8 +106,116 @@ def _rank_file(result_path: Path, rank: int, kind: str) -> Path:
     return result_path.with_name(f"{kind}.rank{rank}.json")
 
 
+class Cancelled(BaseException):
+    """The run was cancelled by a signal. Raised once the cancelled stage's Result is stored;
+    a BaseException so that no `except Exception` on the way out swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"cancelled by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process the signal ended
+
+
+class Cancellation:
+    """The first cancel signal received while stages run (None: not cancelled)."""
+
+    signum: int | None = None
+
+
+_active: Cancellation | None = None
+
+
+@contextlib.contextmanager
+def cancellation() -> Iterator[Cancellation]:
+    """Record SIGTERM and SIGINT instead of dying on them, for the stages run inside.
+
+    The signal is only recorded: the waiting loop acts on it, so no store write is cut in half.
+    Nested uses share the outermost, which raises Cancelled when its block ends. Only the main
+    thread can set signal handlers; elsewhere nothing is recorded.
+    """
+    global _active
+    if _active is not None:
+        yield _active
+        return
+    if threading.current_thread() is not threading.main_thread():
+        yield Cancellation()
+        return
+    state = Cancellation()
+
+    def record(signum: int, frame: object) -> None:
+        state.signum = state.signum or signum
+
+    previous = {s: signal.signal(s, record) for s in CANCEL_SIGNALS}
+    _active = state
+    try:
+        yield state
+    finally:
+        _active = None
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be restored from here
+                signal.signal(signum, handler)
+    if state.signum:
+        raise Cancelled(state.signum)
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Linux: have the kernel send `signum` when the parent dies (even by SIGKILL)."""
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
+
+
+def parent_gone(parent: int) -> bool:
+    """Is the process that started this one dead or dying?
+
+    The kernel sends the parent-death signal when the parent's forking thread exits. Under
+    SIGKILL the main thread may go first; this process is then handed to a sibling thread of the
+    same dying process, so getppid() still names it, but its main thread is a zombie.
+    """
+    if os.getppid() != parent:
+        return True
+    try:
+        state = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return sys.platform == "linux"  # no /proc entry on Linux: gone
+    return state in ("Z", "X")
+
+
+def die_with_parent(tmp: Path, *, owns_tmp: bool) -> None:
+    """In a stage's process: never outlive the parent, and take the stage's processes along.
+
+    On SIGTERM (the parent stopping the stage, or the kernel saying the parent died) the process
+    ends its whole process group (inductor compile workers ...). Orphaned, and owning the job's
+    temporary directory (the stage's child, or torchrun's launcher; not a worker), it also ends
+    the workers' sessions and removes the directory, which the dead parent can no longer do.
+    """
+    parent = int(os.environ.get(PARENT_PID_ENV) or 0)
+
+    def stop(signum: int, frame: object) -> None:
+        if owns_tmp and parent and parent_gone(parent):
+            kill_workers(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        if os.getpgrp() == os.getpid():  # leading our own group: it is the stage's, end it all
+            os.killpg(os.getpid(), signum)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    _set_parent_death_signal(signal.SIGTERM)
+    if parent and os.getppid() != parent:  # the parent died before the kernel could be asked
+        stop(signal.SIGTERM, None)
+
+
 def child_main(job_path: str, result_path: str) -> int:
     """Inside the child (or one rank of it): measure, classify any exception, write the Result."""
+    # torchrun workers share the launcher's directory; the launcher (or the parent) removes it.
+    die_with_parent(Path(job_path).parent, owns_tmp="RANK" not in os.environ)
+    from stagebench import distributed
+
     job = json.loads(Path(job_path).read_text())
     stage = stages.resolve(job["stage"])
     workload = Workload.from_dict(job["workload"])
@@ -132,11 +259,11 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the child's whole session, then SIGKILL what is left after a grace period."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=KILL_GRACE_S)
+        proc.wait(timeout=grace_s)
     except (ProcessLookupError, PermissionError):
         pass
     except subprocess.TimeoutExpired:
@@ -163,15 +290,21 @@ def _command(job_path: Path, result_path: Path, nproc: int | None) -> list[str]:
     return [sys.executable, "-m", "stagebench.launch", str(report), *torchrun, *child]
 
 
-def _child_env(nproc: int | None) -> dict[str, str]:
+def _child_env(workload: Workload) -> dict[str, str]:
+    from stagebench.optim.compile import cache_dir_for
+
     environ = dict(os.environ)
-    if nproc is not None and "OMP_NUM_THREADS" not in environ:
+    if workload.nproc is not None and "OMP_NUM_THREADS" not in environ:
         # torchrun would pin every worker to one thread; share the host's cores instead.
-        environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workload.nproc))
+    # Decided here, before the child imports torch: torch fills TORCHINDUCTOR_CACHE_DIR with its
+    # own temporary default the first time anything asks, and stagebench's choice came too late.
+    environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir_for(workload.compile_cache, environ)
+    environ[PARENT_PID_ENV] = str(os.getpid())
     return environ
 
 
-def _kill_workers(tmp: Path) -> None:
+def kill_workers(tmp: Path) -> None:
     """torchrun gives each worker a session of its own: end those too (and their children)."""
     for pid_file in tmp.glob("pid.rank*.json"):
         with contextlib.suppress(OSError, ValueError):
@@ -230,6 +363,11 @@ def _merged(tmp: Path, result_path: Path, nproc: int | None, base: dict) -> Resu
     return Result.from_dict(json.loads(main.read_text())["result"])
 
 
+def log_name(stage: stages.Stage) -> str:
+    """The stage's log file name, in --log-dir (rewritten on every run) or the temp directory."""
+    return f"{stage.name.replace('+', '_')}.log"
+
+
 def gpus_missing(workload: Workload) -> str | None:
     """More ranks than visible GPUs, known from NVML without starting (or initialising) CUDA."""
     if workload.nproc is None or workload.device != "cuda":
@@ -247,7 +385,11 @@ def run_isolated(
     entry: str = DEFAULT_ENTRY,
     log_dir: Path | None = None,
 ) -> Result:
-    """Run `stage` in a child process; always returns a Result, never raises for the stage."""
+    """Run `stage` in a child process; always returns a Result, never raises for the stage.
+
+    Cancelled (SIGTERM, SIGINT) it returns a `cancelled` Result to an enclosing run_matrix, which
+    stores it and raises Cancelled; called on its own it raises Cancelled after cleaning up.
+    """
     base = dict(
         stage=stage.name,
         spec=stage.spec,
@@ -258,10 +400,14 @@ def run_isolated(
     missing = gpus_missing(workload)
     if missing:  # known without starting anything
         return Result(status="unavailable", reason=missing, env=env.collect(), **base)
-    with tempfile.TemporaryDirectory(prefix="stagebench-") as tmp_name:
+    with (
+        cancellation() as cancel,
+        # An orphaned child may have removed the directory already (see die_with_parent).
+        tempfile.TemporaryDirectory(prefix="stagebench-", ignore_cleanup_errors=True) as tmp_name,
+    ):
         tmp = Path(tmp_name)
         job_path, result_path = tmp / "job.json", tmp / "result.json"
-        log = (log_dir or tmp) / f"{stage.name.replace('+', '_')}.log"
+        log = (log_dir or tmp) / log_name(stage)
         log.parent.mkdir(parents=True, exist_ok=True)
         job = {"stage": stage.name, "workload": workload.to_dict(), "entry": entry}
         job_path.write_text(json.dumps(job))
@@ -274,25 +420,32 @@ def run_isolated(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env=_child_env(workload.nproc),
+                env=_child_env(workload),
             )
             try:
-                code: int | None = proc.wait(timeout=workload.timeout_s)
-            except subprocess.TimeoutExpired:
-                code = None
-                _stop(proc)
+                code, stopped = _wait(proc, workload.timeout_s, cancel)
             finally:
+                if proc.poll() is None:  # anything unexpected on the way: no orphan
+                    _stop(proc, CANCEL_GRACE_S)
                 _kill_group(proc.pid)  # stray grandchildren (compile workers) go too
-                _kill_workers(tmp)
+                kill_workers(tmp)
                 if proc.poll() is None:
                     proc.wait()
         wall = time.perf_counter() - t0
         tail = _tail(log)
-        if code is None:
+        if stopped == "timeout":
             processes = f" ({workload.nproc} processes)" if workload.nproc else ""
             result = Result(
                 status="timeout",
                 reason=f"no result after {workload.timeout_s:g} s{processes}",
+                log_tail=tail,
+                **base,
+            )
+        elif stopped == "cancelled":
+            name = signal.Signals(cancel.signum or signal.SIGTERM).name
+            result = Result(
+                status="cancelled",
+                reason=f"the run was cancelled ({name}) before the stage finished",
                 log_tail=tail,
                 **base,
             )
@@ -312,6 +465,24 @@ def run_isolated(
         result.wall_time_s = wall
         result.env = result.env or env.collect()
         return result
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, cancel: Cancellation) -> tuple[int, str | None]:
+    """Wait for the child: (its exit code, None), or stop it: (code, "timeout" | "cancelled")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = proc.poll()
+        if code is not None:  # first: a stage that finished as the signal came keeps its Result
+            return code, None
+        if cancel.signum:
+            _stop(proc, CANCEL_GRACE_S)
+            return proc.wait(), "cancelled"
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _stop(proc)
+            return proc.wait(), "timeout"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=min(POLL_S, remaining))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """The one Result schema every consumer reads, and its JSON Lines store.
 
-Each Result is appended as one line, in one write, and flushed to disk as soon as its stage ends,
-so an interrupted matrix keeps every finished row. A torn last line (a writer killed mid-write) is
-skipped with a warning when read, and the next append starts on a fresh line.
+Each Result is appended as one line and flushed to disk as soon as its stage ends, so an
+interrupted matrix keeps every finished row. A torn last line (a writer killed mid-write) is
+skipped with a warning when read, and the next append starts on a fresh line. An append that
+fails (a full disk) takes back what it wrote and raises StoreError: it never leaves a torn line.
+One unreadable line (not UTF-8, not JSON, not a Result) is skipped with a warning naming
+path:line; it never hides the other rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import warnings
@@ -15,8 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stagebench.workload import Workload
+
+# A new status is additive: older readers skip such a line with a warning and read the rest, so
+# `cancelled` did not bump the schema.
 SCHEMA_VERSION = 2  # 2: Metrics.distributed (FSDP2 runs), alloc_retries; v1 lines still load
 READABLE_VERSIONS = (1, 2)
+BOM = "\ufeff".encode()
 
 STATUSES: dict[str, str] = {
     "ok": "ran and was measured",
@@ -27,6 +37,7 @@ STATUSES: dict[str, str] = {
     "crashed": "the child process died (signal or exit code) without a result",
     "error": "an exception other than the above",
     "numerics_mismatch": "step-0 loss differs from the reference stage beyond tolerance",
+    "cancelled": "the run was cancelled (SIGTERM, SIGINT) before the stage finished",
 }
 # Statuses that are a finding about the stage rather than a failure of the run itself.
 NOT_FAILED = ("ok", "unavailable")
@@ -125,40 +136,116 @@ class Result:
         if unknown:
             raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
         fields = dict(data)
+        # Consumers rebuild the Workload (the reference lookup does): a bad one is refused here.
+        # {} is "not known" (a rank that died without a word), never a reference.
+        if fields.get("workload") != {}:
+            Workload.from_dict(fields.get("workload"), complete=True)
         if fields.get("metrics") is not None:
-            metrics = dict(fields["metrics"])
+            metrics = _object(fields["metrics"], "metrics")
             if metrics.get("distributed") is not None:
-                metrics["distributed"] = DistributedMetrics(**metrics["distributed"])
+                distributed = _object(metrics["distributed"], "metrics.distributed")
+                metrics["distributed"] = DistributedMetrics(**distributed)
             fields["metrics"] = Metrics(**metrics)
         fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (v1 lacks only new fields)
         return cls(**fields)
 
 
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is a JSON object, not {type(value).__name__}")
+    return dict(value)
+
+
+class StoreError(OSError):
+    """A Result could not be appended to the store; the store is left as it was."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.path = path
+        self.reason = exc.strerror or str(exc)
+        super().__init__(exc.errno, f"could not store results in {path}: {self.reason}")
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+
 def append(path: Path, result: Result) -> None:
-    """Append one Result as one line, durably, without ever touching earlier lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append one Result as one line, durably, without ever touching earlier lines.
+
+    Every write is checked (a full disk writes part of a line, then fails); on any failure the
+    file is cut back to its size before the append and StoreError is raised.
+    """
     line = (json.dumps(result.to_dict(), sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        raise StoreError(path, exc) from exc
     try:
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # a torn last line stays torn; ours starts fresh
-        os.write(fd, line)  # one write of the whole line: O_APPEND keeps it contiguous
+        written: list[int] = []
+        try:
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a torn last line stays torn; ours starts fresh
+            _write_all(fd, line, written)
+            os.fsync(fd)
+            if created:  # the new file's directory entry must survive a crash too
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            _take_back(fd, size, sum(written))
+            raise StoreError(path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes, written: list[int]) -> None:
+    """os.write may take only part (a nearly full disk): write the rest, counting every byte."""
+    view = memoryview(data)
+    while view:
+        count = os.write(fd, view)
+        if count <= 0:  # a device that takes nothing is full; don't spin on it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(count)
+        view = view[count:]
+
+
+def _take_back(fd: int, size: int, written: int) -> None:
+    """Cut the file back to `size`, so no torn line of ours is left. Only when the file is what
+    we left (no other writer appended since): then nothing but our own bytes can go."""
+    with contextlib.suppress(OSError):  # a character device (/dev/full) cannot be cut
+        if written and os.fstat(fd).st_size == size + written:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def load(path: Path) -> list[Result]:
-    """Every valid Result in the file; a torn or invalid line is skipped with a warning."""
+    """Every valid Result in the file; a torn, undecodable or invalid line is skipped with a
+    warning naming path:line, so one bad line never hides the others."""
     results: list[Result] = []
     if not path.exists():
         return results
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    data = path.read_bytes()
+    if data.startswith(BOM):  # editors on some systems add one
+        data = data[len(BOM) :]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = f"{path}:{number}: skipped a line that is not UTF-8 ({exc})"
+            warnings.warn(message, stacklevel=2)
+            continue
         if not line.strip():
             continue
         try:
             results.append(Result.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             warnings.warn(f"{path}:{number}: skipped unreadable result ({exc})", stacklevel=2)
     return results

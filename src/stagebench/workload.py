@@ -5,8 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
+
+# Fields a stored Result may lack because it was written before they existed (schema 1: nproc).
+ADDED_LATER = ("nproc",)
+_KINDS: dict[str, type] = {"str": str, "int": int, "float": float}
+_ACCEPTED = {"str": "a string", "int": "an integer", "float": "a number"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class Workload:
     nproc: int | None = None  # processes under torchrun, sharded with FSDP2; None: one, unsharded
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = (
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("seq_len", self.seq_len >= 2, "at least 2"),
@@ -48,6 +55,23 @@ class Workload:
             if not ok:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}: must be {accepted}")
 
+    def _check_types(self) -> None:
+        """JSON (a stored Result, STAGEBENCH_WORKLOAD) can hold anything: "64", 64.5, true."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kinds = str(f.type).split(" | ")
+            if value is None and "None" in kinds:
+                continue
+            if "float" in kinds and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))  # JSON writes 600.0 as 600
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"invalid {f.name}={value!r}: must be a finite number")
+            kind = _KINDS[kinds[0]]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                accepted = _ACCEPTED[kinds[0]] + (" or null" if "None" in kinds else "")
+                raise ValueError(f"invalid {f.name}={value!r}: must be {accepted}")
+
     @property
     def tokens_per_step(self) -> int:
         """All ranks together: each rank trains its own batch of batch_size x seq_len."""
@@ -57,7 +81,24 @@ class Workload:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Workload:
+    def from_dict(cls, data: Any, *, complete: bool = False) -> Workload:
+        """A workload from JSON, every key and value checked (ValueError names the problem).
+
+        complete: every field must be there (a stored Result's), except those added later.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a workload is a JSON object of fields, not {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(
+                f"unknown workload field(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(names)}"
+            )
+        required = [n for n in names if n not in ADDED_LATER] if complete else ["model"]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise ValueError(f"workload lacks {', '.join(missing)}")
         return cls(**data)
 
     def numerics_key(self) -> str:

@@ -7,6 +7,7 @@ all of them; the seed chose it over whole-model compile for compatibility.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -21,24 +22,44 @@ MODES = {
 }
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or Path(environ.get("HOME") or Path.home()) / ".cache"
     return Path(base) / "stagebench" / "inductor"
 
 
-def use_cache_dir(path: str | None) -> str:
-    """Point inductor at a persistent cache so a re-run reuses compiled kernels and autotuning."""
-    cache = str(path or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-    return cache
+def cache_dir_for(requested: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The inductor cache a stage uses: the workload's, else an explicit TORCHINDUCTOR_CACHE_DIR,
+    else stagebench's persistent default, so a re-run reuses compiled kernels and autotuning.
+
+    The parent decides it and puts it in the child's environment before the child imports
+    torch: torch fills TORCHINDUCTOR_CACHE_DIR with its own temporary default the first time
+    anything asks (model construction does), so deciding inside the child comes too late.
+    """
+    chosen = requested or environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir(environ)
+    return os.path.abspath(os.path.expanduser(chosen))
+
+
+def use_cache_dir(requested: str | None) -> str:
+    """The inductor cache this process really uses, created; with what was asked if it differs
+    (a stage run in-process, not through stagebench's child, keeps torch's choice)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:  # torch moved it: the variable it reads is still the contract
+        active = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or ""
+    else:
+        active = cache_dir()
+    if active:
+        Path(active).mkdir(parents=True, exist_ok=True)
+    if requested and os.path.abspath(os.path.expanduser(requested)) != active:
+        return f"{active} (not {requested}: the cache is chosen before torch starts)"
+    return active
 
 
 def _compile(part: str):
     scope = MODES[part][0]
 
     def apply(model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
-        use_cache_dir(ctx.compile_cache)
+        ctx.notes["compile_cache"] = use_cache_dir(ctx.compile_cache)
         mode = MODES[part][1]
         if ctx.sharded and mode == "max-autotune":
             # CUDA graphs replay fixed addresses; FSDP2 re-allocates the gathered parameters
