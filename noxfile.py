@@ -175,6 +175,8 @@ def bench(session: nox.Session) -> None:
     """The main job: asv on this commit (seed matrix on qwen3-8b with a GPU, `tiny` on a CPU),
     history in .asv/results, then the site in .asv/html."""
     _install(session, "dev", "gpu")
+    # A bad STAGEBENCH_* variable: one line naming it, before asv turns it into a traceback.
+    session.run("python", "-m", "stagebench.asv_suite", env={"PYTHONPATH": os.path.abspath("src")})
     machine = _asv_machine(session)
     _asv_run_commit(session, machine, _git(session, "rev-parse", "HEAD"), ".", *session.posargs)
     session.run("asv", "publish")

@@ -139,7 +139,7 @@ def test_workload_overrides_from_the_environment(monkeypatch):
 def test_store_is_anchored_to_the_project_root(monkeypatch):
     monkeypatch.delenv("STAGEBENCH_STORE", raising=False)
     root = Path("/project")
-    assert asv_suite.store_path(root) == root / ".asv" / "stagebench" / "results.jsonl"
+    assert asv_suite.store_path(root) == root / ".asv" / "results" / "stagebench-results.jsonl"
     monkeypatch.setenv("STAGEBENCH_STORE", "/elsewhere/r.jsonl")
     assert asv_suite.store_path(root) == Path("/elsewhere/r.jsonl")
 

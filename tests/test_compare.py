@@ -18,6 +18,7 @@ from asv_history import (
 
 from stagebench import cli, results
 from stagebench.results import Metrics, Result
+from stagebench.workload import Workload
 
 
 def _result(
@@ -65,7 +66,7 @@ def _result(
         status=status,
         reason=None if metrics else "oom",
         model="qwen3-8b",
-        workload=workload or {"model": "qwen3-8b", "device": "cuda", "dtype": "bfloat16"},
+        workload=Workload(**(workload or {"model": "qwen3-8b", "device": "cuda"})).to_dict(),
         metrics=metrics,
     )
 
@@ -134,7 +135,7 @@ def test_nan_is_never_an_improvement(tmp_path, capsys):
 
 
 def test_different_workloads_do_not_compare(tmp_path, capsys):
-    cpu = {"model": "tiny", "device": "cpu", "dtype": "float32"}
+    cpu = {"model": "tiny", "device": "cpu", "dtype": "float32"}  # vs qwen3-8b on cuda
     a, b = _files(tmp_path, [_result("00_sdpa", workload=cpu)], [_result("00_sdpa")])
     code = cli.main(["compare", str(a), str(b)])
     err = capsys.readouterr().err.strip().splitlines()

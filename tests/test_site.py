@@ -81,5 +81,5 @@ def test_site_lists_stagebench_benchmarks_and_draws_their_graph(site, tmp_path):
     )
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
     # Both commits are in the history the graph reads.
-    results = list((repo / ".asv" / "results" / "site-test").glob("*-existing-*.json"))
+    results = list((repo / ".asv" / "results" / "site-test").glob("*-interpreter-py*.json"))
     assert len(results) == 2

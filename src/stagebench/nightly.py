@@ -324,6 +324,12 @@ def run(results: Path, report: Path, asv_args: list[str]) -> int:
         notes.append("machine facts changed since its last night: " + "; ".join(changed))
 
     env = {**os.environ, "STAGEBENCH_ASV_MACHINE": name}
+    suite = subprocess.run(
+        [sys.executable, "-m", "stagebench.asv_suite"], env=env, capture_output=True, text=True
+    )
+    if suite.returncode != 0:  # a bad STAGEBENCH_* variable: say which, before asv runs
+        error = (suite.stderr.strip().splitlines() or ["the suite does not import"])[-1]
+        return _finish(report, "bad-input", [f"**Nightly not run**: {error}"], BAD_INPUT)
     bench = subprocess.run(
         [sys.executable, "-m", "nox", "-s", "bench", "--", *asv_args], env=env, check=False
     )
