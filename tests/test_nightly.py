@@ -35,22 +35,31 @@ from project_repo import bench_env, commit, git, make_repo
 MATRIX = "00_sdpa,sdpa+compile-default"
 NIGHTS = 6
 FAILURE_NIGHT, RECOMPILE_NIGHT = 4, 6
+# Each plant is appended to its module, so no edit of the code around it can break the test.
 RUNNER = "src/stagebench/runner.py"
-RUNNER_ANCHOR = "    reason = optim.unavailable_reason(stage, device)\n"
-RUNNER_PLANT = (
-    "    if not stage.compiles:\n        raise RuntimeError('planted: eager path broken')\n"
-)
-WARM_UP = [sys.executable, "-m", "stagebench.cli", "run", "sdpa+compile-default", "--device", "cpu"]
+RUNNER_PLANT = """
+
+_measure = run_stage
+
+
+def run_stage(stage, workload):  # planted: the uncompiled path breaks
+    if not stage.compiles:
+        raise RuntimeError("planted: eager path broken")
+    return _measure(stage, workload)
+"""
 COMPILE = "src/stagebench/optim/compile.py"
-COMPILE_ANCHOR = "        use_cache_dir(ctx.compile_cache)\n"
-COMPILE_PLANT = "        torch._inductor.config.force_disable_caches = True  # planted\n"
+COMPILE_PLANT = """
+
+import torch._inductor.config  # noqa: E402  (planted: every run compiles from scratch)
+
+torch._inductor.config.force_disable_caches = True
+"""
+WARM_UP = [sys.executable, "-m", "stagebench.cli", "run", "sdpa+compile-default", "--device", "cpu"]
 
 
-def _plant(repo: Path, path: str, anchor: str, insert: str) -> None:
-    file = repo / path
-    text = file.read_text()
-    assert anchor in text, f"{path} changed: update the planted regression's anchor"
-    file.write_text(text.replace(anchor, anchor + insert, 1))
+def _plant(repo: Path, path: str, code: str) -> None:
+    with (repo / path).open("a") as module:
+        module.write(code)
 
 
 def _land(repo: Path, night: int) -> str | None:
@@ -60,10 +69,10 @@ def _land(repo: Path, night: int) -> str | None:
     commit(repo, f"docs: day {night}")
     if night in (FAILURE_NIGHT, RECOMPILE_NIGHT):
         if night == FAILURE_NIGHT:
-            _plant(repo, RUNNER, RUNNER_ANCHOR, RUNNER_PLANT)
+            _plant(repo, RUNNER, RUNNER_PLANT)
             planted = commit(repo, "runner: simplify the uncompiled path (plants a failure)")
         else:
-            _plant(repo, COMPILE, COMPILE_ANCHOR, COMPILE_PLANT)
+            _plant(repo, COMPILE, COMPILE_PLANT)
             planted = commit(repo, "compile: fresh inductor state (plants a recompile)")
         (repo / "docs" / f"after-{night}.md").write_text("more notes\n")
         commit(repo, f"docs: more notes of day {night}")
