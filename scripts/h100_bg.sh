@@ -31,7 +31,7 @@ case $1 in
     chmod +x /tmp/site/bin/stagebench
     cat > "$env_file" <<ENV
 export PATH=/tmp/site/bin:\$PATH PYTHONUNBUFFERED=1  # no PYTHONPATH: asv strips its entries
-export HF_HUB_OFFLINE=1 STAGEBENCH_NOX_REUSE_SYSTEM=1 STAGEBENCH_ASV_MACHINE=h100
+export HF_HUB_OFFLINE=1 STAGEBENCH_NOX_REUSE_SYSTEM=1
 ENV
     ;;
   start)

@@ -243,7 +243,9 @@ def test_one_machine_series_whatever_the_hostname(nights):
     assert len(machines) == 1 and machines[0].startswith("cpu-")
     files = [p.name for p in (last / machines[0]).glob("*.json") if p.name != "machine.json"]
     assert len(files) == NIGHTS and len({f.split("-", 1)[1] for f in files}) == 1, files
-    log = [json.loads(line) for line in (last / "stagebench-machines.jsonl").read_text().split()]
+    log = [
+        json.loads(line) for line in (last / "stagebench-machines.jsonl").read_text().splitlines()
+    ]
     assert [entry["machine"] for entry in log] == machines * NIGHTS
     if shutil.which("unshare") and subprocess.run(["unshare", "--uts", "true"]).returncode == 0:
         assert len({entry["facts"]["hostname"] for entry in log}) == NIGHTS

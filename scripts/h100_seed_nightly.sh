@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One GPU verification, run detached by scripts/h100_bg.sh on the lent H100 (no network there):
+#   FlashAttention 2/3 from the carried sources, then the seed matrix through the CLI ("bare")
+#   and the nightly through asv, each timed, in the order PLAN gives:
+#     bare-then-nightly  bare matrix on an empty compile cache, then one night through asv (warm)
+#     nightly-then-bare  one night through asv on an empty cache, then the bare matrix (warm)
+# Everything lands in $JOB; times in $JOB/times.tsv (phase, seconds, exit code).
+#   usage: scripts/h100_seed_nightly.sh PLAN [FLASH_DIR]
+set -uo pipefail
+plan=${1:?usage: $0 bare-then-nightly|nightly-then-bare [FLASH_DIR]}
+flash=${2:-.flash}
+job=${JOB:?run through scripts/h100_bg.sh start}
+export STAGEBENCH_STORE=$PWD/.asv/results/stagebench-results.jsonl
+times=$job/times.tsv
+
+timed() {
+    local name=$1
+    shift
+    local start=$SECONDS
+    "$@" > "$job/$name.log" 2>&1
+    local rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$((SECONDS - start))" "$rc" >> "$times"
+    echo "$name: $((SECONDS - start)) s, exit $rc"
+}
+
+bare() {
+    timed "bare-$1" stagebench matrix --subset seed --jsonl "$job/matrix-$1.jsonl" \
+        --log-dir "$job/logs-$1"
+}
+
+night() {
+    local origin=/tmp/stagebench-origin.git
+    [ -d "$origin" ] || { git init -q --bare -b main "$origin" && git push -q "$origin" HEAD:main; }
+    python3 -m stagebench.nightly restore --remote "$origin" > "$job/restore-$1.log" 2>&1
+    timed "nightly-$1" python3 -m stagebench.nightly run --report "$job/report-$1"
+    python3 -m stagebench.nightly store --remote "$origin" --message "night $1" \
+        > "$job/store-$1.log" 2>&1
+    grep -h "track_\|Setting up" "$job/nightly-$1.log" | tail -n 400 > "$job/nightly-$1-tracked.txt"
+}
+
+stagebench env --json > "$job/env.json" 2>&1
+timed flash bash "$flash/build.sh"
+python3 -c "import flash_attn, flash_attn_interface; print(flash_attn.__version__)" \
+    >> "$job/flash.log" 2>&1
+case $plan in
+    bare-then-nightly) bare cold && night warm ;;
+    nightly-then-bare) night cold && bare warm ;;
+    *) echo "unknown plan $plan" >&2; exit 2 ;;
+esac
+cp -r .asv/results "$job/asv-results"
+cat "$times"
