@@ -70,7 +70,7 @@ def test_results_table_renders_rows():
     assert header[:6] == ["Config", "Status", "MFU %", "TFLOPS", "Mem(GB)", "Runtime(s)"]
     assert header[6:] == [
         "Model MFU %", "Step ms", "IQR ms", "Steps", "CI95 %", "1st step s",
-        "Graphs/breaks/recomp",
+        "Compile g/b/r",
     ]  # fmt: skip
     assert row_cells(text, "00_sdpa") == [
         "00_sdpa", "ok", "34.8", "343.9", "61.3", "123.5", "68.4", "148.3", "1.0", "17", "0.31",

@@ -11,7 +11,7 @@ from rich.table import Table
 from stagebench.results import Result
 
 STATUS_STYLE = {"ok": "green", "unavailable": "dim", "oom": "yellow"}
-COMPILE_COLUMN = "Graphs/breaks/recomp"
+COMPILE_COLUMN = "Compile g/b/r"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -116,7 +116,8 @@ def print_results(results: list[Result], console: Console, title: str | None = N
         "MFU %/TFLOPS: the seed's formula (6N + attention, vs 989 TFLOPS), from the median step. "
         "Model MFU %: counted matmul FLOPs (causal attention) vs the device's dense bf16 peak. "
         "Under FSDP2 (--nproc): per GPU, the step being the slowest rank's. "
-        f"{COMPILE_COLUMN}: what torch.compile captured, split and recompiled (compiling stages); "
+        f"{COMPILE_COLUMN}: graphs torch.compile captured / graph breaks / recompiles "
+        "(compiling stages); "
         "ok*: measured, but part of the model ran uncompiled (graph breaks or frames dynamo gave "
         "up on), the reasons listed above."
     )
