@@ -83,7 +83,10 @@ def build_parser() -> Parser:
     parser = Parser(prog="stagebench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stagebench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    run = sub.add_parser("run", help="run stages by seed id or spec (sdpa+liger+cce+compile)")
+    run = sub.add_parser(
+        "run",
+        help="run stages by seed id or spec (sdpa+liger+cce+compile, sdpa+compile:fullgraph=off)",
+    )
     run.add_argument("stages", nargs="+", metavar="STAGE")
     _workload_args(run)
     matrix = sub.add_parser("matrix", help="run a named matrix or a comma-separated subset")
