@@ -74,16 +74,87 @@ def test_each_class_has_its_own_setup_cache(suite):
 def test_version_follows_spec_and_protocol(suite):
     cls = suite["Stage_05_liger_cce_sdpa_compile"]
     assert cls.version == f"sdpa+liger+cce+compile|protocol-{PROTOCOL_VERSION}"
+    assert PROTOCOL_VERSION >= 2  # 2: the seed's shape, compile settings and accumulation
+
+
+def test_a_spec_with_options_is_a_class_of_its_own(monkeypatch, tmp_path):
+    monkeypatch.setenv("STAGEBENCH_DEVICE", "cpu")
+    monkeypatch.setenv("STAGEBENCH_MATRIX", "sdpa+liger:accum=bf16+compile:fullgraph=off,00_sdpa")
+    monkeypatch.setenv("STAGEBENCH_NPROCS", "")
+    suite = asv_suite.stage_benchmarks("benchmarks.stages", root=tmp_path)
+    cls = suite["Stage_sdpa_liger_accum_bf16_compile_fullgraph_off"]
+    assert cls.version == (
+        f"sdpa+liger:accum=bf16+compile:fullgraph=off|protocol-{PROTOCOL_VERSION}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("device", "value", "shape", "tag"),
+    [
+        ("cuda", None, (1, 2048), ""),  # the seed's shape: the default series
+        ("cuda", "b2x1024", (2, 1024), "|b2x1024"),  # the history's shape, by name
+        ("cuda", '{"batch_size": 2, "seq_len": 1024}', (2, 1024), "|b2x1024"),  # or by fields
+        ("cpu", None, (2, 1024), ""),
+        ("cpu", "b1x2048", (1, 2048), "|b1x2048"),
+    ],
+)
+def test_named_workloads_and_their_own_series(monkeypatch, tmp_path, device, value, shape, tag):
+    """STAGEBENCH_WORKLOAD takes a workload name too; a shape other than the device's default
+    is a series of its own (its version says so), never joined with the default's."""
+    monkeypatch.setenv("STAGEBENCH_DEVICE", device)
+    monkeypatch.setenv("STAGEBENCH_MATRIX", "00_sdpa")
+    monkeypatch.setenv("STAGEBENCH_NPROCS", "")
+    if value is None:
+        monkeypatch.delenv("STAGEBENCH_WORKLOAD", raising=False)
+    else:
+        monkeypatch.setenv("STAGEBENCH_WORKLOAD", value)
+    w = asv_suite.bench_workload()
+    assert (w.batch_size, w.seq_len) == shape
+    cls = asv_suite.stage_benchmarks("benchmarks.stages", root=tmp_path)["Stage_00_sdpa"]
+    assert cls.version == f"sdpa{tag}|protocol-{PROTOCOL_VERSION}"
 
 
 def test_units_and_metrics(suite):
     cls = suite["Stage_00_sdpa"]
     assert cls.track_mfu.unit == "%" and cls.track_peak_reserved_gib.unit == "GiB"
     assert cls.track_step_time_ms.unit == "ms" and cls.track_ok.unit == "ok"
+    everywhere = {name for name, m in asv_suite.METRICS.items() if not m.compile_only}
     assert {m for m in dir(cls) if m.startswith("track_")} == {
         "track_ok",
-        *(f"track_{name}" for name in asv_suite.METRICS),
+        *(f"track_{name}" for name in everywhere),
     }
+
+
+def test_compile_counts_are_tracked_for_compiling_stages_only(suite):
+    """A stage that compiles nothing has no graph-break series at all (not a row of zeros)."""
+    compiling = suite["Stage_05_liger_cce_fa2_compile"]
+    assert compiling.track_graph_breaks.unit == compiling.track_recompiles.unit == "count"
+    assert not hasattr(suite["Stage_04_liger_cce_sdpa"], "track_graph_breaks")
+    assert not hasattr(suite["Stage_00_sdpa"], "track_recompiles")
+    bench = compiling()
+    result = _result(
+        "ok",
+        compile={
+            "graphs": 2,
+            "graph_breaks": 3,
+            "recompiles": 0,
+            "eager_frames": 0,
+            "break_reasons": {},
+            "eager_reasons": {},
+        },
+    )
+    assert bench.track_graph_breaks(result) == 3.0
+    assert bench.track_recompiles(result) == 0.0  # measured 0: a point, not n/a
+    unknown = _result("ok", compile={"graphs": 2, "graph_breaks": 0, "recompiles": None})
+    assert math.isnan(bench.track_recompiles(unknown))
+
+
+def test_compile_counts_are_judged_lower_is_better_in_their_own_family():
+    from stagebench.metrics import FAMILY_LEAD, family_of, worse_sign
+
+    assert worse_sign("graph_breaks") == worse_sign("recompiles") == 1
+    assert family_of("graph_breaks") == family_of("recompiles") == "compile"
+    assert FAMILY_LEAD["compile"] == "graph_breaks"
 
 
 def _result(status: str, **metrics) -> dict:
@@ -151,6 +222,8 @@ def test_store_is_anchored_to_the_project_root(monkeypatch):
     ("variable", "value", "message"),
     [
         ("STAGEBENCH_WORKLOAD", "{seq_len: 64}", "is not JSON"),
+        ("STAGEBENCH_WORKLOAD", "b4x512", "is not a known workload; give a workload name (b1x2048"),
+        ("STAGEBENCH_MATRIX", "sdpa+compile:fullgraph=maybe", "value 'maybe'"),
         ("STAGEBENCH_WORKLOAD", "[64]", "is not an object"),
         ("STAGEBENCH_WORKLOAD", '{"seqlen": 64}', "unknown workload field(s) 'seqlen'"),
         ("STAGEBENCH_WORKLOAD", '{"seq_len": "64"}', "invalid seq_len='64': must be an integer"),

@@ -51,11 +51,13 @@ def error_line(capsys, argv: list[str]) -> str:
         (["run", "00_sdpa", "--device", "cpu", "--peak-tflops", "-5"], [r"peak[-_]tflops\W+-5"]),
         (["matrix", "--device", "cpu", "--subset", "00_sdpa,bogus"], ["'bogus'", *SEED_IDS]),
         (["run", "00_sdpa", "--device", "cpu", "--nproc", "0"], [r"nproc\W+0\b", "at least 1"]),
+        (["run", "00_sdpa", "--workload", "b4x512"], ["--workload", "'b4x512'", "b2x1024"]),
+        (["run", "sdpa+compile:fullgraph=maybe"], ["'maybe'", "auto|on|off"]),
     ],
     ids=[
         "unknown-stage", "unknown-part", "max-steps-0", "batch-size-neg", "seq-len-1",
         "bad-device", "non-int-batch", "no-subcommand", "no-stage", "peak-neg", "bad-subset",
-        "nproc-0",
+        "nproc-0", "bad-workload", "bad-option",
     ],
 )  # fmt: skip
 def test_bad_input(capsys, argv, patterns):
@@ -106,6 +108,32 @@ def test_bad_input_leaves_jsonl_untouched(capsys, tmp_path, argv):
     store.write_bytes(content)
     error_line(capsys, [*argv, "--jsonl", str(store)])
     assert store.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("argv", "shape"),
+    [
+        (["--device", "cuda"], (1, 2048)),  # the seed's table
+        (["--device", "cuda", "--workload", "b2x1024"], (2, 1024)),  # the history's
+        (["--device", "cuda", "--workload", "b2x1024", "--seq-len", "512"], (2, 512)),
+        (["--device", "cpu"], (2, 1024)),
+        (["--device", "cpu", "--workload", "b1x2048"], (1, 2048)),
+    ],
+)
+def test_workload_shapes_by_name(argv, shape):
+    from stagebench.cli import build_parser, workload_from
+
+    w = workload_from(build_parser().parse_args(["run", "00_sdpa", *argv]))
+    assert (w.batch_size, w.seq_len) == shape
+
+
+def test_list_shows_the_options(capsys):
+    code, out, _ = run_cli(capsys, ["list", "--device", "cpu"])
+    assert code == 0
+    flat = " ".join(out.split())
+    for text in ("liger:accum=fp32|bf16", "cce:accum=fp32|bf16", "fullgraph=auto|on|off",
+                 "sdpa+liger:accum=bf16+compile:fullgraph=off"):  # fmt: skip
+        assert text in flat, text
 
 
 def test_list_cpu(capsys):

@@ -68,12 +68,15 @@ def test_results_table_renders_rows():
     text = render(results_table([OK, OOM, CPU], title="run"))
     header = row_cells(text, "Config")
     assert header[:6] == ["Config", "Status", "MFU %", "TFLOPS", "Mem(GB)", "Runtime(s)"]
-    assert header[6:] == ["Model MFU %", "Step ms", "IQR ms", "Steps", "CI95 %", "1st step s"]
+    assert header[6:] == [
+        "Model MFU %", "Step ms", "IQR ms", "Steps", "CI95 %", "1st step s",
+        "Compile g/b/r",
+    ]  # fmt: skip
     assert row_cells(text, "00_sdpa") == [
         "00_sdpa", "ok", "34.8", "343.9", "61.3", "123.5", "68.4", "148.3", "1.0", "17", "0.31",
-        "47.3",
+        "47.3", "-",
     ]  # fmt: skip
-    dashes = ["-"] * 6
+    dashes = ["-"] * 7
     assert row_cells(text, "00_baseline") == ["00_baseline", "oom", "-", "-", "-", "12.0", *dashes]
     assert row_cells(text, "00_fa2")[:6] == ["00_fa2", "ok", "-", "343.9", "-", "-"]
     assert "[green]" not in text
@@ -113,3 +116,30 @@ def test_a_distributed_run_gets_a_line_of_its_own():
         "00_sdpa: 2 ranks (nccl): 13,813 tokens/s (6,906 per GPU); collectives 12.5% of the step, "
         "1.5% exposed; peak reserved GiB per rank 44.0 / 43.0"
     ]
+
+
+def test_a_stage_that_fell_back_is_ok_star_with_its_reasons():
+    """Compiled, measured, but part of it ran eagerly: still ok (not a failure), flagged."""
+    from stagebench.report import fallback_lines, status_label
+    from stagebench.results import CompileMetrics
+
+    counts = CompileMetrics(
+        graphs=4, graph_breaks=3, recompiles=0, eager_frames=1,
+        break_reasons={"Data-dependent branching": 3},
+        eager_reasons={"forward (modeling_qwen3.py:250)": "Unsupported: recompile limit"},
+    )  # fmt: skip
+    star = make_result("03_liger_fa2_compile", "ok", make_metrics(compile=counts))
+    assert not star.failed and status_label(star) == "ok*"
+    text = render(results_table([star, OK]))
+    assert row_cells(text, "03_liger_fa2_compile")[1] == "ok*"
+    assert row_cells(text, "03_liger_fa2_compile")[-1] == "4/3/0"
+    assert fallback_lines([star, OK, OOM]) == [
+        "03_liger_fa2_compile: ok*: 3 graph break(s) (3x Data-dependent branching), 1 frame(s) "
+        "run eagerly (forward (modeling_qwen3.py:250): Unsupported: recompile limit), "
+        "0 recompile(s), 4 graph(s)"
+    ]
+    console = Console(record=True, width=400)
+    print_results([star], console)
+    printed = console.export_text()
+    assert "  03_liger_fa2_compile: ok*: 3 graph break(s)" in printed
+    assert "ok*: measured, but part of the model ran uncompiled" in printed

@@ -17,7 +17,7 @@ import pytest
 from fake_disk import FakeDisk, fill, tiny_tmpfs
 
 from stagebench import results
-from stagebench.results import DistributedMetrics, Metrics, Result, StoreError
+from stagebench.results import CompileMetrics, DistributedMetrics, Metrics, Result, StoreError
 from stagebench.workload import Workload
 
 WORKLOAD = Workload(model="tiny", device="cpu", dtype="float32", seq_len=1024).to_dict()
@@ -67,7 +67,7 @@ def test_unknown_status_raises():
         make_result(status="okay")
 
 
-@pytest.mark.parametrize("version", [0, 3, None, "1"])
+@pytest.mark.parametrize("version", [0, 4, None, "1"])
 def test_wrong_schema_version_raises(version):
     """Rows from another schema must not be read as if they meant the same thing."""
     data = make_result().to_dict()
@@ -94,10 +94,49 @@ def test_a_version_1_line_still_loads():
     data = make_result(metrics=make_metrics()).to_dict()
     data["schema_version"] = 1
     del data["metrics"]["distributed"]
+    del data["metrics"]["compile"]  # schema 3
     del data["workload"]["nproc"]  # added with schema 2, too
     back = Result.from_dict(data)
     assert back.metrics.distributed is None
     assert back.schema_version == results.SCHEMA_VERSION
+
+
+def test_a_version_2_line_still_loads():
+    """Stores written before compile counts existed stay readable: v2 lacks metrics.compile."""
+    data = make_result(metrics=make_metrics()).to_dict()
+    data["schema_version"] = 2
+    del data["metrics"]["compile"]
+    back = Result.from_dict(json.loads(json.dumps(data)))
+    assert back.metrics.compile is None
+    assert back.metrics.graph_breaks is None and back.metrics.recompiles is None
+    assert back.schema_version == results.SCHEMA_VERSION == 3
+
+
+def test_compile_counts_round_trip():
+    counts = CompileMetrics(
+        graphs=3, graph_breaks=4, recompiles=1, eager_frames=1,
+        break_reasons={"Call to `torch._dynamo.graph_break()`": 4},
+        eager_reasons={"forward (modeling_qwen3.py:250)": "Unsupported: recompile limit"},
+    )  # fmt: skip
+    original = make_result(metrics=make_metrics(compile=counts))
+    back = Result.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert back == original
+    assert isinstance(back.metrics.compile, CompileMetrics)
+    assert back.metrics.graph_breaks == 4 and back.metrics.recompiles == 1
+    assert back.metrics.compile.fell_back
+    as_json = original.to_dict()["metrics"]
+    assert results.metric_value(as_json, "graph_breaks") == 4
+    assert results.metric_value(as_json, "step_time_ms_median") == 101.5
+    assert results.metric_value(make_result(metrics=make_metrics()).to_dict()["metrics"],
+                                "recompiles") is None  # fmt: skip
+
+
+def test_compile_counts_without_fallbacks_are_not_flagged():
+    clean = CompileMetrics(graphs=1, graph_breaks=0, recompiles=2, eager_frames=0)
+    assert not clean.fell_back  # recompiles cost time, but everything still ran compiled
+    assert clean.summary() == (
+        "0 graph break(s), 0 frame(s) run eagerly, 2 recompile(s), 1 graph(s)"
+    )
 
 
 def test_unknown_field_raises():

@@ -38,12 +38,21 @@ def test_same_seed_same_step0_loss_across_attention(tiny_workload):
 
 
 def test_per_layer_compile_runs_for_real_on_cpu(tiny_workload):
-    """The CPU path: per-layer torch.compile (fullgraph) through inductor's C++ backend."""
+    """The CPU path: per-layer torch.compile (fullgraph) through inductor's C++ backend; its
+    counts are recorded, and a clean compile records zeros, not n/a."""
     plain = run_stage(stages.resolve("sdpa"), tiny_workload)
     compiled = run_stage(stages.resolve("sdpa+compile-default"), tiny_workload)
-    assert compiled.notes["compile"] == "per-layer, mode=default, fullgraph=True"
+    assert compiled.notes["compile"] == (
+        "per-layer, mode=default, fullgraph=True, cache_size_limit=256, "
+        "capture_scalar_outputs=False, suppress_errors=False"
+    )
     assert compiled.loss_first == pytest.approx(plain.loss_first, rel=1e-4)
     assert compiled.first_step_s > compiled.step_time_ms_median / 1000  # compile cost shows
+    counts = compiled.compile
+    assert counts.graphs >= 1  # one graph serves both decoder layers
+    assert (counts.graph_breaks, counts.recompiles, counts.eager_frames) == (0, 0, 0)
+    assert not counts.fell_back
+    assert plain.compile is None  # a stage that compiles nothing has no counts at all
 
 
 def test_cuda_only_stage_is_unavailable_not_a_crash(tiny_workload):

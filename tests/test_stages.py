@@ -108,3 +108,89 @@ def test_stage_error_is_value_error():
     assert issubclass(StageError, ValueError)
     with pytest.raises(ValueError):
         resolve("")
+
+
+# Options: what the seed fixed, a user may choose; the defaults are the seed's.
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        # the brief's example, and options in any order or spacing
+        ("sdpa+liger:accum=bf16+compile:fullgraph=off", "sdpa+liger:accum=bf16+compile:fullgraph=off"),  # noqa: E501
+        (" compile : fullgraph = off + sdpa ", "sdpa+compile:fullgraph=off"),
+        ("sdpa+compile:mode=reduce-overhead:fullgraph=off", "sdpa+compile:fullgraph=off:mode=reduce-overhead"),  # noqa: E501
+        ("sdpa+cce:accum=bf16", "sdpa+cce:accum=bf16"),
+        # the seed's values are left out: a default stage keeps its name and asv history
+        ("sdpa+liger:accum=fp32+compile:fullgraph=auto", "sdpa+liger+compile"),
+        ("sdpa+compile:fullgraph=on", "sdpa+compile"),  # what auto means for sdpa
+        ("fa2+compile:fullgraph=off", "fa2+compile"),  # ... and for fa2
+        ("fa2+compile:fullgraph=on", "fa2+compile:fullgraph=on"),
+        ("sdpa+compile-model:fullgraph=off", "sdpa+compile-model"),
+        # a per-layer mode is the part's name: one measurement, one name
+        ("sdpa+compile:mode=default", "sdpa+compile-default"),
+        ("sdpa+compile-default:mode=max-autotune", "sdpa+compile"),
+        ("sdpa+compile-default:mode=reduce-overhead", "sdpa+compile:mode=reduce-overhead"),
+        ("sdpa+compile-model:mode=max-autotune", "sdpa+compile-model:mode=max-autotune"),
+    ],
+)  # fmt: skip
+def test_options_have_one_canonical_name(text, name):
+    stage = resolve(text)
+    assert stage.name == stage.spec == name
+    assert resolve(name) == stage  # a stored name resolves to the same stage again
+
+
+def test_option_values_in_effect():
+    stage = resolve("sdpa+liger:accum=bf16+compile:fullgraph=off")
+    assert stage.parts == ("sdpa", "liger", "compile")
+    assert stage.options == (("liger", "accum", "bf16"), ("compile", "fullgraph", "off"))
+    assert stage.option("liger", "accum") == "bf16"
+    assert stage.option("compile", "mode") == "max-autotune"  # not given: the seed's
+    assert not stages.compile_fullgraph(stage)
+
+
+@pytest.mark.parametrize("stage_id", list(stages.SEED_STAGES))
+def test_seed_ids_carry_the_seeds_settings(stage_id):
+    """Every seed id stands for the seed's settings: no option differs from them, fp32
+    accumulation in Liger's FLCE and in CCE, fullgraph per the seed's rule."""
+    stage = resolve(stage_id)
+    assert stage.options == ()
+    assert stage.spec == stages.SEED_STAGES[stage_id]
+    if "liger" in stage.parts:
+        assert stage.option("liger", "accum") == "fp32"
+    if "cce" in stage.parts:
+        assert stage.option("cce", "accum") == "fp32"
+    if stage.compiles:
+        assert stages.compile_fullgraph(stage) == (stage.attention not in ("fa2", "fa3"))
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("sdpa:fast=yes", ["part 'sdpa' takes no options", "liger:accum=fp32|bf16"]),
+        ("sdpa+compile:speed=max", ["unknown option 'speed'", "fullgraph=auto|on|off", "mode="]),
+        ("sdpa+compile:fullgraph=maybe", ["value 'maybe'", "compile:fullgraph", "auto|on|off"]),
+        ("sdpa+compile:fullgraph", ["no value", "fullgraph=auto|on|off"]),
+        ("sdpa+liger:accum=fp16", ["value 'fp16'", "liger:accum", "fp32|bf16"]),
+        ("sdpa+cce:accum=", ["value ''", "cce:accum", "fp32|bf16"]),
+        ("sdpa+compile:mode=fast", ["value 'fast'", "max-autotune|default"]),
+        ("sdpa+compile:fullgraph=on:fullgraph=off", ["compile:fullgraph is repeated"]),
+        ("sdpa+liger:accum=bf16+cce", ["liger:accum", "no effect", "cce:accum"]),
+    ],
+)
+def test_bad_options_name_the_problem_and_what_is_accepted(text, words):
+    with pytest.raises(StageError) as info:
+        resolve(text)
+    message = str(info.value)
+    assert "\n" not in message
+    assert repr(text) in message
+    for word in words:
+        assert word in message, message
+
+
+def test_option_syntax_is_safe_in_shells_and_lists():
+    """A spec travels through shells, '+'-joined parts and ','-separated lists (--subset,
+    STAGEBENCH_MATRIX): options use none of the characters those treat specially."""
+    spec = resolve("fa2+liger:accum=bf16+compile:fullgraph=on:mode=default").spec
+    assert not set(spec) & set(" ,;|&$`'\"\\*?[]{}()<>!#~")
+    assert all(line.count(":") for line in stages.option_lines())

@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from stagebench.workload import Workload, defaults_for
+from stagebench.workload import WORKLOADS, Workload, defaults_for, named, shape_name
 
 
 def test_defaults_are_the_seeds():
-    """Out of the box a run trains the seed's shapes: batch 2 x 1024 tokens, bf16 on CUDA."""
+    """Out of the box a run trains the seed's table's shape: batch 1 x 2048 tokens, bf16 on
+    CUDA (the seed's configs set batch_size = 1 with the data default seq_len = 2048)."""
     w = Workload(model="qwen3-8b")
-    assert (w.batch_size, w.seq_len) == (2, 1024)
+    assert (w.batch_size, w.seq_len) == (1, 2048)
     assert (w.device, w.dtype) == ("cuda", "bfloat16")
     assert w.timeout_s == 1800.0
     assert w.min_steps >= 10  # the seed's 10-step window must fit
@@ -25,6 +26,32 @@ def test_cpu_defaults_make_a_valid_workload():
     w = Workload(model="tiny", device="cpu", **defaults_for("cpu"))
     assert w.dtype == "float32"
     assert w.max_steps >= w.min_steps
+
+
+@pytest.mark.parametrize(
+    ("device", "shape"), [("cuda", (1, 2048)), ("cpu", (2, 1024))], ids=["cuda", "cpu"]
+)
+def test_per_device_shapes(device, shape):
+    """CUDA: the seed's b1x2048; a CPU keeps its quick shape (the tiny preset's history)."""
+    w = Workload(model="tiny", device=device, **defaults_for(device))
+    assert (w.batch_size, w.seq_len) == shape
+    assert w.tokens_per_step == 2048
+
+
+@pytest.mark.parametrize(("name", "shape"), [("b1x2048", (1, 2048)), ("b2x1024", (2, 1024))])
+def test_named_workloads(name, shape):
+    """b2x1024 stays reachable by name: it is what the history measured up to protocol 1."""
+    fields = named(name)
+    assert (fields["batch_size"], fields["seq_len"]) == shape
+    w = Workload(model="qwen3-8b", **fields)
+    assert shape_name(w) == name
+    fields["batch_size"] = 99  # a copy: the table itself is not changed by a caller
+    assert WORKLOADS[name]["batch_size"] == shape[0]
+
+
+def test_an_unknown_workload_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown workload 'b4x512'; valid: b1x2048, b2x1024"):
+        named("b4x512")
 
 
 @pytest.mark.parametrize(

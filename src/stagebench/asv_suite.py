@@ -8,7 +8,9 @@ which asv prints in its log.
 Configuration comes from the environment so the same suite serves a GPU nightly and a CPU CI:
     STAGEBENCH_PRESET    preset, checkpoint directory or namespace/name hub id
                          (default: qwen3-8b with CUDA, tiny without)
-    STAGEBENCH_WORKLOAD  JSON object of Workload overrides, e.g. '{"seq_len": 128}'
+    STAGEBENCH_WORKLOAD  a named workload (b1x2048, the seed's and the CUDA default; b2x1024,
+                         what the history measured up to protocol 1) or a JSON object of
+                         Workload overrides, e.g. '{"seq_len": 128}'
     STAGEBENCH_MATRIX    named matrix or comma-separated stages (default: seed + cpu matrices)
     STAGEBENCH_STORE     JSON Lines file every Result is also appended to
                          (default: .asv/results/stagebench-results.jsonl in the project root)
@@ -35,7 +37,7 @@ from typing import Any
 
 from stagebench import PROTOCOL_VERSION, models, results, stages
 from stagebench.metrics import METRICS
-from stagebench.workload import Workload, defaults_for
+from stagebench.workload import WORKLOADS, Workload, defaults_for, named, shape_name
 
 
 class SuiteConfigError(ValueError):
@@ -57,11 +59,19 @@ def _device() -> str:
 
 def _overrides() -> dict[str, Any]:
     text = os.environ.get("STAGEBENCH_WORKLOAD") or "{}"
-    example = "give a JSON object of workload fields, e.g. '{\"seq_len\": 128}'"
+    example = (
+        f"give a workload name ({', '.join(WORKLOADS)}) or a JSON object of workload fields, "
+        "e.g. '{\"seq_len\": 128}'"
+    )
+    if text.strip() in WORKLOADS:
+        return named(text.strip())
     try:
         overrides = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        message = f"STAGEBENCH_WORKLOAD={text!r} is not JSON ({exc}); {example}"
+        if re.fullmatch(r"[A-Za-z][\w.-]*", text.strip()):  # meant as a name
+            message = f"STAGEBENCH_WORKLOAD={text!r} is not a known workload; {example}"
+        else:
+            message = f"STAGEBENCH_WORKLOAD={text!r} is not JSON ({exc}); {example}"
         raise SuiteConfigError(message) from None
     if not isinstance(overrides, dict):
         raise SuiteConfigError(f"STAGEBENCH_WORKLOAD={text!r} is not an object; {example}")
@@ -219,17 +229,20 @@ def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | Non
         def track(self, result: dict[str, Any]) -> float:
             if result["status"] != "ok":
                 raise RuntimeError(f"{label}: {result['status']}: {result['reason']}")
-            value = result["metrics"][key]
+            value = results.metric_value(result["metrics"], key)
             return math.nan if value is None else float(value)  # n/a, e.g. no MFU on a CPU
 
         track.unit = unit
         return track
 
     cache = _own_module(setup_cache, class_name, package)
-    workload_timeout = bench_workload().timeout_s
-    cache.timeout = 2 * workload_timeout + 120  # the reference may run first; child start-up
+    workload = bench_workload()
+    cache.timeout = 2 * workload.timeout_s + 120  # the reference may run first; child start-up
     track_ok.unit = "ok"
     history = f"{stage.spec}|nproc-{nproc}" if nproc else stage.spec
+    default = defaults_for(workload.device)
+    if (workload.batch_size, workload.seq_len) != (default["batch_size"], default["seq_len"]):
+        history += f"|{shape_name(workload)}"  # another shape is another series, never joined
     body: dict[str, Any] = {
         "__doc__": f"{label}: {stage.spec}",
         "setup_cache": cache,
@@ -240,6 +253,8 @@ def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | Non
         "version": f"{history}|protocol-{PROTOCOL_VERSION}",
     }
     for name, metric in METRICS.items():
+        if metric.compile_only and not stage.compiles:
+            continue  # no series at all: a stage that compiles nothing has no count to track
         body[f"track_{name}"] = tracker(metric.key, metric.unit)
     return type(class_name, (), body)
 

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from stagebench import __version__, env, stages
 from stagebench.models import PRESETS, ModelError, default_preset, load_config
 from stagebench.results import Result, StoreError
-from stagebench.workload import Workload, defaults_for
+from stagebench.workload import WORKLOADS, Workload, defaults_for, named
 
 MATRICES = stages.MATRICES
 
@@ -53,6 +53,12 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help=f"preset ({', '.join(PRESETS)}), checkpoint dir or hub id")
     g.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    g.add_argument(
+        "--workload",
+        metavar="NAME",
+        help=f"a named shape ({', '.join(WORKLOADS)}; default: b1x2048 on CUDA, the seed's); "
+        "--batch-size and --seq-len override it",
+    )
     g.add_argument("--batch-size", type=int)
     g.add_argument("--seq-len", type=int)
     g.add_argument("--warmup-steps", type=int)
@@ -77,7 +83,10 @@ def build_parser() -> Parser:
     parser = Parser(prog="stagebench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stagebench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    run = sub.add_parser("run", help="run stages by seed id or spec (sdpa+liger+cce+compile)")
+    run = sub.add_parser(
+        "run",
+        help="run stages by seed id or spec (sdpa+liger+cce+compile, sdpa+compile:fullgraph=off)",
+    )
     run.add_argument("stages", nargs="+", metavar="STAGE")
     _workload_args(run)
     matrix = sub.add_parser("matrix", help="run a named matrix or a comma-separated subset")
@@ -127,6 +136,11 @@ def workload_from(args: argparse.Namespace) -> Workload:
     except ModelError as exc:
         raise BadInput(f"--model: {exc}" if args.model else str(exc)) from None
     fields = defaults_for(device)
+    if args.workload is not None:
+        try:
+            fields.update(named(args.workload))
+        except ValueError as exc:
+            raise BadInput(f"--workload: {exc}") from None
     for name in (
         "dtype",
         "batch_size",
@@ -293,6 +307,15 @@ def _list(args: argparse.Namespace, console: Console) -> int:
     console.print("Compose any stage from parts joined by '+':", highlight=False)
     for part in stages.PART_ORDER:
         console.print(f"  {part:16} {stages.describe(part)}", highlight=False, markup=False)
+    console.print(
+        "Options follow their part after ':', as key=value, several joined by ':' (e.g. "
+        "sdpa+liger:accum=bf16+compile:fullgraph=off:mode=default); defaults are the seed's, "
+        "and a stage's name lists only options that differ:",
+        highlight=False,
+        markup=False,
+    )
+    for line in stages.option_lines():
+        console.print(f"  {line}", highlight=False, markup=False)
     return 0
 
 

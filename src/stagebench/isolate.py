@@ -27,6 +27,7 @@ import datetime as dt
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -365,7 +366,7 @@ def _merged(tmp: Path, result_path: Path, nproc: int | None, base: dict) -> Resu
 
 def log_name(stage: stages.Stage) -> str:
     """The stage's log file name, in --log-dir (rewritten on every run) or the temp directory."""
-    return f"{stage.name.replace('+', '_')}.log"
+    return re.sub(r"[^\w.-]", "_", stage.name) + ".log"  # spec options bring ':' and '='.
 
 
 def gpus_missing(workload: Workload) -> str | None:

@@ -17,6 +17,7 @@ class Metric:
     # Metrics of one family come from one measurement (all of "speed" from the median step
     # time), so they move together: judged once, reported as one finding named by the lead.
     family: str
+    compile_only: bool = False  # tracked for compiling stages only (others have no count)
 
     @property
     def worse(self) -> int:
@@ -34,12 +35,21 @@ METRICS: dict[str, Metric] = {
         Metric("seed_mfu", "%", "seed_mfu_pct", "higher", "speed"),
         Metric("first_step_s", "s", "first_step_s", "lower", "first_step"),
         Metric("peak_reserved_gib", "GiB", "peak_reserved_gib", "lower", "memory"),
+        # torch.compile's fallbacks: graph breaks and recompiles during the stage. A count that
+        # leaves 0 is a regression (the judge has no relative scale at level 0).
+        Metric("graph_breaks", "count", "graph_breaks", "lower", "compile", compile_only=True),
+        Metric("recompiles", "count", "recompiles", "lower", "compile", compile_only=True),
     )
 }
 # track_ok: 1 when the stage ran and was measured, 0 when it failed. Not noisy: judged apart.
 OK_METRIC = "ok"
 # The metric a family's finding is named by (the raw measurement the others derive from).
-FAMILY_LEAD = {"speed": "step_time_ms", "first_step": "first_step_s", "memory": "peak_reserved_gib"}
+FAMILY_LEAD = {
+    "speed": "step_time_ms",
+    "first_step": "first_step_s",
+    "memory": "peak_reserved_gib",
+    "compile": "graph_breaks",
+}
 # asv's own benchmark types, should the suite ever hold some: all lower-is-better.
 LOWER_IS_BETTER_PREFIXES = ("time_", "mem_", "peakmem_")
 

@@ -11,10 +11,31 @@ from rich.table import Table
 from stagebench.results import Result
 
 STATUS_STYLE = {"ok": "green", "unavailable": "dim", "oom": "yellow"}
+COMPILE_COLUMN = "Compile g/b/r"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def fell_back(result: Result) -> bool:
+    """An ok stage part of which ran uncompiled (graph breaks, frames dynamo gave up on)."""
+    m = result.metrics
+    return result.status == "ok" and m is not None and m.compile is not None and m.compile.fell_back
+
+
+def status_label(result: Result) -> str:
+    """The status, `ok*` where compile fell back to eager in part (still ok, and said why)."""
+    return "ok*" if fell_back(result) else result.status
+
+
+def compile_cell(result: Result) -> str:
+    """graphs/graph breaks/recompiles, '-' for a stage that compiles nothing (or failed)."""
+    c = result.metrics.compile if result.metrics else None
+    if c is None:
+        return "-"
+    recompiles = "?" if c.recompiles is None else str(c.recompiles)
+    return f"{c.graphs}/{c.graph_breaks}/{recompiles}"
 
 
 def seed_row(result: Result) -> list[str]:
@@ -22,7 +43,7 @@ def seed_row(result: Result) -> list[str]:
     m = result.metrics
     return [
         result.stage,
-        result.status,
+        status_label(result),
         _num(m.seed_mfu_pct if m else None),
         _num(m.seed_tflops if m else None),
         _num(m.peak_reserved_gib if m else None),
@@ -35,12 +56,15 @@ def results_table(results: Iterable[Result], title: str | None = None) -> Table:
     for column in ("Config", "Status", "MFU %", "TFLOPS", "Mem(GB)", "Runtime(s)"):
         table.add_column(column, justify="left" if column in ("Config", "Status") else "right")
     # Beyond the seed: MFU from counted model FLOPs, the timing's spread, compile cost.
-    for column in ("Model MFU %", "Step ms", "IQR ms", "Steps", "CI95 %", "1st step s"):
+    for column in (
+        "Model MFU %", "Step ms", "IQR ms", "Steps", "CI95 %", "1st step s", COMPILE_COLUMN,
+    ):  # fmt: skip
         table.add_column(column, justify="right")
     for r in results:
         m = r.metrics
         row = seed_row(r)
-        row[1] = f"[{STATUS_STYLE.get(r.status, 'red')}]{r.status}[/]"
+        style = "yellow" if fell_back(r) else STATUS_STYLE.get(r.status, "red")
+        row[1] = f"[{style}]{status_label(r)}[/]"
         row += [
             _num(m.mfu_pct if m else None),
             _num(m.step_time_ms_median if m else None),
@@ -48,6 +72,7 @@ def results_table(results: Iterable[Result], title: str | None = None) -> Table:
             str(m.measured_steps) if m else "-",
             _num(m.step_time_ci95_pct if m else None, 2),
             _num(m.first_step_s if m else None),
+            compile_cell(r),
         ]
         table.add_row(*row)
     return table
@@ -56,6 +81,11 @@ def results_table(results: Iterable[Result], title: str | None = None) -> Table:
 def reasons(results: Iterable[Result]) -> list[str]:
     """One line per stage that did not end ok: what happened and why."""
     return [f"{r.stage}: {r.status}: {r.reason}" for r in results if r.status != "ok"]
+
+
+def fallback_lines(results: Iterable[Result]) -> list[str]:
+    """One line per `ok*` stage: what ran eagerly and why."""
+    return [f"{r.stage}: ok*: {r.metrics.compile.summary()}" for r in results if fell_back(r)]
 
 
 def _gib_list(values: list[float] | None) -> str:
@@ -80,12 +110,16 @@ def distributed_lines(results: Iterable[Result]) -> list[str]:
 
 def print_results(results: list[Result], console: Console, title: str | None = None) -> None:
     console.print(results_table(results, title))
-    for line in reasons(results) + distributed_lines(results):
+    for line in reasons(results) + fallback_lines(results) + distributed_lines(results):
         console.print(f"  {line}", markup=False, highlight=False)
     legend = (
         "MFU %/TFLOPS: the seed's formula (6N + attention, vs 989 TFLOPS), from the median step. "
         "Model MFU %: counted matmul FLOPs (causal attention) vs the device's dense bf16 peak. "
-        "Under FSDP2 (--nproc): per GPU, the step being the slowest rank's."
+        "Under FSDP2 (--nproc): per GPU, the step being the slowest rank's. "
+        f"{COMPILE_COLUMN}: graphs torch.compile captured / graph breaks / recompiles "
+        "(compiling stages); "
+        "ok*: measured, but part of the model ran uncompiled (graph breaks or frames dynamo gave "
+        "up on), the reasons listed above."
     )
     console.print(legend, style="dim")
 

@@ -24,8 +24,10 @@ from stagebench.workload import Workload
 
 # A new status is additive: older readers skip such a line with a warning and read the rest, so
 # `cancelled` did not bump the schema.
-SCHEMA_VERSION = 2  # 2: Metrics.distributed (FSDP2 runs), alloc_retries; v1 lines still load
-READABLE_VERSIONS = (1, 2)
+# 2: Metrics.distributed (FSDP2 runs), alloc_retries. 3: Metrics.compile (graph breaks,
+# recompiles, frames run eagerly). Older lines still load: they lack only the new fields.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 BOM = "\ufeff".encode()
 
 STATUSES: dict[str, str] = {
@@ -57,6 +59,39 @@ class DistributedMetrics:
     comm_busy_pct: float  # share of the step with a collective running, mean over ranks
     comm_exposed_pct: float | None  # ... with a collective and no compute (GPU profiles only)
     comm_source: str
+
+
+@dataclass
+class CompileMetrics:
+    """What torch.compile did in a compiling stage: dynamo's counters, reset as the stage
+    started and read after its timed steps. Counts are per compilation, not per call (one graph
+    serves every decoder layer it fits)."""
+
+    graphs: int  # FX graphs dynamo captured and handed to the backend
+    graph_breaks: int  # times tracing split a frame and ran the rest around it eagerly
+    recompiles: int | None  # compilations of a frame a guard failure sent back; None: unknown
+    eager_frames: int  # frames dynamo gave up compiling (e.g. the recompile limit): eager
+    break_reasons: dict[str, int] = field(default_factory=dict)  # most frequent, first line
+    eager_reasons: dict[str, str] = field(default_factory=dict)  # frame -> why it ran eagerly
+
+    @property
+    def fell_back(self) -> bool:
+        """Some of the model ran uncompiled: the stage is ok, but not all of it is compiled."""
+        return self.graph_breaks > 0 or self.eager_frames > 0
+
+    def summary(self) -> str:
+        """One line for people: what fell back and why."""
+        parts = [f"{self.graph_breaks} graph break(s)"]
+        if self.break_reasons:
+            reasons = "; ".join(f"{n}x {why}" for why, n in self.break_reasons.items())
+            parts[0] += f" ({reasons})"
+        parts.append(f"{self.eager_frames} frame(s) run eagerly")
+        if self.eager_reasons:
+            frames = "; ".join(f"{frame}: {why}" for frame, why in self.eager_reasons.items())
+            parts[-1] += f" ({frames})"
+        recompiles = "unknown" if self.recompiles is None else str(self.recompiles)
+        parts.append(f"{recompiles} recompile(s), {self.graphs} graph(s)")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -94,6 +129,24 @@ class Metrics:
     # the MFUs are per GPU; step times are the slowest rank's; memory is the largest rank's.
     distributed: DistributedMetrics | None = None
     alloc_retries: int | None = None  # the CUDA caching allocator's retries (most of any rank)
+    compile: CompileMetrics | None = None  # compiling stages only (schema 3)
+
+    # Flat names for the compile counts: the metric table reads Metrics attributes.
+    @property
+    def graph_breaks(self) -> int | None:
+        return None if self.compile is None else self.compile.graph_breaks
+
+    @property
+    def recompiles(self) -> int | None:
+        return None if self.compile is None else self.compile.recompiles
+
+
+def metric_value(metrics: dict[str, Any], key: str) -> Any:
+    """A metric's value from a Result's metrics as JSON (what asv's setup_cache hands over);
+    None where it was not measured, e.g. compile counts of a stage that compiles nothing."""
+    if key in ("graph_breaks", "recompiles"):
+        return (metrics.get("compile") or {}).get(key)
+    return metrics[key]
 
 
 @dataclass
@@ -145,8 +198,12 @@ class Result:
             if metrics.get("distributed") is not None:
                 distributed = _object(metrics["distributed"], "metrics.distributed")
                 metrics["distributed"] = DistributedMetrics(**distributed)
+            if metrics.get("compile") is not None:
+                metrics["compile"] = CompileMetrics(
+                    **_object(metrics["compile"], "metrics.compile")
+                )
             fields["metrics"] = Metrics(**metrics)
-        fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (v1 lacks only new fields)
+        fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (older lack only new fields)
         return cls(**fields)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from stagebench import distributed, flops, optim, stats
 from stagebench.models import build_model, decoder_layers, load_config, parameter_count
+from stagebench.optim import compile as compile_opt
 from stagebench.results import DistributedMetrics, Metrics
 from stagebench.stages import Stage
 from stagebench.workload import Workload
@@ -137,6 +138,8 @@ def _build_and_measure(
         stage, device, dtype, compile_cache=workload.compile_cache, sharded=rank is not None
     )
     with ctx.cleanup:
+        if stage.compiles:  # counts from this stage only, whatever ran before in this process
+            compile_opt.reset_counters(ctx)
         for opt in optim.for_stage(stage):
             model = opt.apply(model, ctx)
         if rank:  # after the optimizations, as torchtitan orders it: shard what will run
@@ -152,9 +155,11 @@ def _build_and_measure(
         )
         _sync(device)
         model_init_s = time.perf_counter() - t0
-        run = _timed_loop(model, optimizer, batches, workload, device, rank)
+        run = _timed_loop(model, optimizer, batches, workload, device, rank, ctx.call_kwargs)
         metrics = _metrics(model, run, ctx, workload, device)
         metrics.model_init_s = model_init_s
+        if stage.compiles:
+            metrics.compile = compile_opt.observed()
     return metrics
 
 
@@ -183,9 +188,14 @@ class TimedRun:
     comm: list[tuple[distributed.CommTime, float]] = field(default_factory=list)  # per rank
 
 
-def _timed_loop(model, optimizer, batches, workload: Workload, device, rank) -> TimedRun:
+def _timed_loop(
+    model, optimizer, batches, workload: Workload, device, rank, call_kwargs: dict | None = None
+) -> TimedRun:
+    def loss_fn(model, input_ids, labels):
+        return optim.training_loss(model, input_ids, labels, **(call_kwargs or {}))
+
     def step(batch):
-        return _train_step(model, optimizer, batch, optim.training_loss)
+        return _train_step(model, optimizer, batch, loss_fn)
 
     # Step 0 on its own: its wall time is the compile / autotune / first-use cost.
     t0 = time.perf_counter()

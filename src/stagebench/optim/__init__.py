@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -23,11 +24,12 @@ class Unavailable(RuntimeError):
 
 
 def training_loss(
-    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **call_kwargs: Any
 ) -> torch.Tensor:
     """The loss through the model's own call, whichever head an optimization put there (HF's
-    logits + cross-entropy, Liger's FLCE, CCE); wrappers such as FSDP2 hook that call."""
-    return model(input_ids=input_ids, labels=labels).loss
+    logits + cross-entropy, Liger's FLCE, CCE); wrappers such as FSDP2 hook that call.
+    call_kwargs: what an optimization asked to pass on every call (StageContext.call_kwargs)."""
+    return model(input_ids=input_ids, labels=labels, **call_kwargs).loss
 
 
 @dataclass
@@ -42,6 +44,9 @@ class StageContext:
     cleanup: ExitStack = field(default_factory=ExitStack)
     loss_head: str = "hf"
     notes: dict[str, str] = field(default_factory=dict)
+    # Keyword arguments for every model call, e.g. Liger's accum_dtype, which its patched
+    # forward takes per call (as the seed passed it), not at patch time.
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,11 @@
 """Liger Kernel: instance patching (RoPE, RMSNorm, SwiGLU; fused linear cross-entropy unless cce).
 
+The fused linear cross-entropy (FLCE) accumulates the LM head's weight gradient over chunks of
+tokens. liger-kernel's patched causal-LM forward (`lce_forward`) takes `accum_dtype` per call,
+in its **kwargs, and LigerForCausalLMLoss hands it to `liger_fused_linear_cross_entropy`; the
+seed called the model with `accum_dtype=torch.float32`, so stagebench passes it the same way,
+through the context's call_kwargs (`liger:accum=bf16` leaves it out: the weights' own dtype).
+
 Liger's instance patch also rewrites module-level names in the model's transformers module (its
 RMSNorm and MLP classes, apply_rotary_pos_emb), so those are snapshotted and restored at teardown:
 a later stage in the same process must not inherit them.
@@ -50,13 +56,23 @@ def apply(model: torch.nn.Module, ctx: StageContext) -> torch.nn.Module:
     ctx.cleanup.callback(_restore_module(modeling))
     flce = "cce" not in ctx.stage.parts  # the seed: FLCE is the loss head unless CCE is
     _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=flce)
+    version = metadata.version("liger-kernel")
+    ctx.notes["liger"] = f"liger-kernel {version}: rope, rms_norm, swiglu"
     if flce:
         ctx.loss_head = "liger-flce"
-    version = metadata.version("liger-kernel")
-    ctx.notes["liger"] = f"liger-kernel {version}: rope, rms_norm, swiglu" + (
-        ", fused_linear_cross_entropy" if flce else ""
-    )
+        accum = accum_dtype(ctx.stage.option("liger", "accum"))
+        if accum is not None:
+            ctx.call_kwargs["accum_dtype"] = accum
+            how = f"accum_dtype={accum} passed on every call"
+        else:
+            how = f"accum_dtype=None: accumulates in the weights' {ctx.dtype}"
+        ctx.notes["liger"] += f", fused_linear_cross_entropy ({how})"
     return model
+
+
+def accum_dtype(option: str) -> torch.dtype | None:
+    """liger:accum -> FLCE's accum_dtype: float32, or None (Liger's default: the weights')."""
+    return torch.float32 if option == "fp32" else None
 
 
 OPTIMIZATIONS = {"liger": Optimization("liger", check, apply)}
