@@ -1,4 +1,8 @@
-"""One asv class per stagebench stage, generated from the registry (see stagebench.asv_suite)."""
+"""One asv class per stagebench stage, generated from the registry (see stagebench.asv_suite).
+
+Kept light (no torch): asv imports it in every setup_cache process it spawns and once in the
+forkserver its track_ calls are forked from (asv.conf.json: launch_method forkserver).
+"""
 
 from pathlib import Path
 

@@ -161,11 +161,12 @@ def _too_few_gpus(workload: Workload) -> str | None:
 
 
 def measure(stage: stages.Stage, store: Path, nproc: int | None = None) -> dict[str, Any]:
-    """Run one stage for asv; the sdpa reference first if this workload has none stored yet."""
-    import torch
+    """Run one stage for asv; the sdpa reference first if this workload has none stored yet.
 
+    asv spawns a fresh interpreter for every setup_cache (its forkserver only forks the track_
+    calls), so this path imports torch only where it must: a stage that cannot run here costs
+    a second, not a torch import."""
     from stagebench.matrix import find_reference, run_matrix
-    from stagebench.optim import unavailable_reason
 
     workload = bench_workload()
     if nproc is not None:
@@ -174,6 +175,10 @@ def measure(stage: stages.Stage, store: Path, nproc: int | None = None) -> dict[
     if missing:
         return {"status": "unavailable", "reason": missing}
     if workload.device == "cpu":  # known without a child (GPU checks may touch CUDA: child only)
+        import torch
+
+        from stagebench.optim import unavailable_reason
+
         reason = unavailable_reason(stage, torch.device("cpu"))
         if reason:
             return {"status": "unavailable", "reason": reason}
