@@ -178,8 +178,12 @@ def bench(session: nox.Session) -> None:
     # A bad STAGEBENCH_* variable: one line naming it, before asv turns it into a traceback.
     session.run("python", "-m", "stagebench.asv_suite", env={"PYTHONPATH": os.path.abspath("src")})
     machine = _asv_machine(session)
-    _asv_run_commit(session, machine, _git(session, "rev-parse", "HEAD"), ".", *session.posargs)
-    session.run("asv", "publish")
+    # The nightly may keep its history elsewhere than asv.conf.json says: asv writes it there.
+    results = os.environ.get("STAGEBENCH_ASV_RESULTS")
+    conf = _derived_conf("bench", os.path.abspath(results)) if results else None
+    head = _git(session, "rev-parse", "HEAD")
+    _asv_run_commit(session, machine, head, ".", *session.posargs, conf=conf)
+    session.run("asv", "publish", *(["--config", conf] if conf else []))
     session.log(f"history: .asv/results ({machine}); site: .asv/html (nox -s publish -- --serve)")
 
 
@@ -218,6 +222,11 @@ def backfill(session: nox.Session) -> None:
     results = os.path.abspath(ASV_CONF["results_dir"])
     store = os.environ.get("STAGEBENCH_STORE") or os.path.join(results, "stagebench-results.jsonl")
     for commit in commits:
+        try:  # a commit from before the suite existed has nothing to measure
+            _git(session, "cat-file", "-e", f"{commit}:benchmarks/__init__.py")
+        except Exception:
+            session.log(f"skipped {commit[:12]}: it has no benchmarks/ suite")
+            continue
         checkout = os.path.abspath(f".asv/backfill/{commit}")
         _git(session, "worktree", "add", "--detach", "--force", checkout, commit)
         try:
@@ -320,5 +329,14 @@ def bisect(session: nox.Session) -> None:
     found = re.search(r"Greatest (?:regression|improvement) found: ([0-9a-f]+)", output or "")
     if not found:
         session.error("asv find named no commit")
+    # asv find names its greatest change even when there is none: GOOD and BAD measured again
+    # must differ before any commit is blamed.
+    results = os.path.abspath(".asv/bisect/results")
+    try:
+        session.run(
+            "python", "-m", "stagebench.bisect", results, machine, benchmark, good_sha, bad_sha
+        )
+    except Exception:
+        session.error("no culprit: BAD did not measure worse than GOOD (see above)")
     culprit = _git(session, "rev-parse", found.group(1))
     print(f"culprit: {culprit} ({benchmark})")

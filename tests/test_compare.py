@@ -187,11 +187,13 @@ def test_unchanged_code_on_a_loaded_machine_is_the_same(tmp_path, capsys):
     assert code == 0 and {r["verdict"] for r in rows} == {"same"}, rows
 
 
-def test_too_little_history_at_the_first_commit_is_unjudged(tmp_path, capsys):
+def test_too_little_history_at_the_first_commit_is_cannot_judge(tmp_path, capsys):
+    """B is 50% slower, but A's level has 2 points: no noise to judge by, so no verdict at all
+    (exit 3), never 'clean'."""
     hashes = write_history(tmp_path, {STEP_TIME: [300.0, 301.0, 450.0]})
     code, out = _run(capsys, hashes[1], hashes[2], "--results", str(tmp_path), "--format", "json")
     (row,) = json.loads(out)["rows"]
-    assert (code, row["verdict"]) == (0, "unjudged")
+    assert (code, row["verdict"]) == (3, "unjudged")
 
 
 @pytest.mark.parametrize(

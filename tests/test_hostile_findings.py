@@ -1,7 +1,8 @@
 """Defects found by hostile testing of the nightly loop and the judging code, one test each.
 
-Each test fails against the code it was written for; its docstring says what happens and what
-should happen. The end-to-end ones run the real `tiny` CPU bench (about 20-90 s each).
+Each test failed against the code it was written for and passes since its fix; its docstring
+says what happened and what should. The end-to-end ones run the real `tiny` CPU bench (about
+20-90 s each).
 """
 
 from __future__ import annotations
@@ -249,13 +250,17 @@ def test_a_corrupt_benchmarks_json_cannot_judge_not_internal_error(tmp_path, cap
 
 
 def test_regressions_json_stays_json_with_an_infinite_value(tmp_path, capsys):
-    """An infinite measurement (asv stores and reads it) is reported with `"after": Infinity,
+    """An infinite measurement (asv stores and reads it) was reported with `"after": Infinity,
     "change_pct": Infinity` in --format json (and in the nightly's regressions.json): not JSON,
-    strict parsers (jq, JSON.parse) reject the whole report. It should be valid JSON (null, or
-    the value left out as not a number)."""
-    write_history(tmp_path, {STEP_TIME: [100.0, 101.0, 99.0, 100.0, float("inf")]})
+    strict parsers (jq, JSON.parse) reject the whole report. An infinite value is no
+    measurement; the report stays valid JSON."""
+    write_history(
+        tmp_path,
+        {STEP_TIME: [100.0, 101.0, 99.0, 100.0, float("inf")], MEMORY: [60.0, 60.1, 59.9, 60.0, 90]},
+    )
     _, out, _ = run_cli(capsys, "regressions", "--results", str(tmp_path), "--format", "json")
-    json.loads(out, parse_constant=_no_constants)
+    report = json.loads(out, parse_constant=_no_constants)
+    assert report["unjudged"][STEP_TIME] == "not measured at its newest commit"
 
 
 # -- compare --------------------------------------------------------------------------------

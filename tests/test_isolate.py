@@ -272,14 +272,21 @@ def test_a_compile_stage_uses_the_stagebench_cache(tiny_workload, tmp_path, monk
         ("/w/cache", "/env/cache", "/w/cache"),
         (None, "/env/cache", "/env/cache"),
         (None, None, "/xdg/stagebench/inductor"),
+        (None, "torch's own", "/xdg/stagebench/inductor"),
     ],
-    ids=["workload", "environment", "default"],
+    ids=["workload", "environment", "default", "torch-filled-in"],
 )
 def test_the_parent_puts_the_cache_in_the_childs_environment(
     monkeypatch, requested, explicit, expected
 ):
-    """The workload's cache, else an explicit TORCHINDUCTOR_CACHE_DIR, else stagebench's."""
+    """The workload's cache, else an explicit TORCHINDUCTOR_CACHE_DIR, else stagebench's; torch's
+    own temporary default in the parent's environment (torch writes it there when anything in
+    the parent asks first) is no choice: on an H100 host it sent every stage's kernels to /tmp."""
     monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    if explicit == "torch's own":
+        from stagebench.optim.compile import torch_default_cache_dir
+
+        explicit = torch_default_cache_dir()
     if explicit:
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", explicit)
     else:

@@ -339,10 +339,13 @@ def _needs_asv(command: str) -> None:
 
 def _regressions(args: argparse.Namespace) -> int:
     _needs_asv("regressions")
-    from stagebench import regress
+    from stagebench import history, regress
 
     try:
-        report = regress.check(args.results, machine=args.machine, benchmark=args.benchmark)
+        order = history.git_order()  # the checkout's commit order, where there is one
+        report = regress.check(
+            args.results, machine=args.machine, benchmark=args.benchmark, order=order
+        )
     except regress.HistoryError as exc:
         raise BadInput(str(exc)) from None
     except regress.CannotJudge as exc:
@@ -374,7 +377,13 @@ def _compare(args: argparse.Namespace) -> int:
                 )
             rows = compare.result_sets(Path(args.before), Path(args.after))
         else:
-            rows = compare.commits(args.results, args.before, args.after, machine=args.machine)
+            rows = compare.commits(
+                args.results,
+                args.before,
+                args.after,
+                machine=args.machine,
+                order=history.git_order(),
+            )
     except history.HistoryError as exc:
         raise BadInput(str(exc)) from None
     except history.CannotJudge as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from stagebench import judge, results
 from stagebench.history import CannotJudge, HistoryError, load
 from stagebench.metrics import FAMILY_LEAD, METRICS, OK_METRIC, family_of, metric_of, worse_sign
+from stagebench.regress import finite
 
 # What must agree for two Results to be the same measurement.
 WORKLOAD_KEYS = ("model", "device", "dtype", "batch_size", "seq_len", "seed", "nproc")
@@ -26,7 +27,7 @@ WORKLOAD_KEYS = ("model", "device", "dtype", "batch_size", "seq_len", "seed", "n
 
 @dataclass(frozen=True)
 class Row:
-    benchmark: str
+    benchmark: str  # with the machine and environment when the history has several
     metric: str
     before: float | None
     after: float | None
@@ -52,12 +53,23 @@ def _row(benchmark: str, metric: str, j: judge.Judgement, note: str | None = Non
     )
 
 
+def _stage_of(benchmark: str) -> str:
+    """A row's stage: the benchmark without its metric (`[machine] stages.Stage_x`)."""
+    head, separator, _ = benchmark.rpartition(".track_")
+    return head if separator else benchmark
+
+
 def _mark_derived(rows: list[Row]) -> list[Row]:
-    """Within each (benchmark, family), only the lead row counts; the others follow it."""
+    """Within each stage (and machine) and family, only the lead row counts; the others follow
+    it."""
     out = []
     for r in rows:
         family = family_of(r.metric)
-        leads = [x for x in rows if x.benchmark == r.benchmark and family_of(x.metric) == family]
+        leads = [
+            x
+            for x in rows
+            if _stage_of(x.benchmark) == _stage_of(r.benchmark) and family_of(x.metric) == family
+        ]
         lead_name = FAMILY_LEAD.get(family, r.metric)
         judged = [x for x in leads if x.verdict != "unjudged"] or leads
         counted = next((x for x in judged if x.metric == lead_name), judged[0])
@@ -78,14 +90,23 @@ def resolve_commit(prefix: str, known: set[str]) -> str:
     return matches[0]
 
 
-def commits(results_dir: Path, a: str, b: str, machine: str | None = None) -> list[Row]:
-    history = load(results_dir, machine)
+def commits(
+    results_dir: Path,
+    a: str,
+    b: str,
+    machine: str | None = None,
+    order: list[str] | None = None,
+) -> list[Row]:
+    history = load(results_dir, machine, order=order)
     known = history.commits()
     ca, cb = resolve_commit(a, known), resolve_commit(b, known)
     rows: list[Row] = []
-    for series in history.series.values():
-        for benchmark, points in sorted(series.items()):
-            metric = metric_of(benchmark)
+    several = len(history.series) > 1
+    for source, series in sorted(history.series.items()):
+        for name, points in sorted(series.items()):
+            # Each machine and environment is judged on its own; the row says which.
+            benchmark = f"[{source.machine} {source.env}] {name}" if several else name
+            metric = metric_of(name)
             worse = worse_sign(metric)
             at = {p.commit: p.value for p in points}
             if worse is None or ca not in at or cb not in at:
@@ -132,9 +153,15 @@ def _workload_differences(ra: results.Result, rb: results.Result) -> list[str]:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _ci(value: object) -> float | None:
+    """A confidence half-width in %, or None where it is missing or impossible (negative)."""
+    number = _number(value)
+    return number if number is not None and number >= 0 else None
 
 
 def result_sets(a: Path, b: Path) -> list[Row]:
@@ -162,7 +189,7 @@ def result_sets(a: Path, b: Path) -> list[Row]:
         rows.append(Row(stage, OK_METRIC, *ok, None, None, None, verdict, note))
         if ra.metrics is None or rb.metrics is None:
             continue
-        cis = [_number(m.step_time_ci95_pct) for m in (ra.metrics, rb.metrics)]
+        cis = [_ci(m.step_time_ci95_pct) for m in (ra.metrics, rb.metrics)]
         for metric in METRICS.values():
             va = _number(getattr(ra.metrics, metric.key))
             vb = _number(getattr(rb.metrics, metric.key))
@@ -186,10 +213,13 @@ def regressed(rows: list[Row]) -> int:
 
 
 def exit_code(rows: list[Row]) -> int:
-    """1 a regression; 3 a stage missing on one side (cannot judge it); 0 clean."""
+    """1 a regression; 3 a stage missing on one side or nothing judged at all (cannot judge);
+    0 clean."""
     if regressed(rows):
         return 1
     if any(r.verdict == "missing" for r in rows):
+        return 3
+    if not any(r.verdict in ("regressed", "improved", "same") for r in rows):
         return 3
     return 0
 
@@ -225,10 +255,13 @@ def to_markdown(rows: list[Row], a: str, b: str) -> str:
 
 def to_json(rows: list[Row]) -> str:
     return json.dumps(
-        {
-            "rows": [asdict(r) for r in rows],
-            "regressed": regressed(rows),
-            "missing": sum(r.verdict == "missing" for r in rows),
-        },
+        finite(
+            {
+                "rows": [asdict(r) for r in rows],
+                "regressed": regressed(rows),
+                "missing": sum(r.verdict == "missing" for r in rows),
+            }
+        ),
         indent=2,
+        allow_nan=False,
     )

@@ -16,9 +16,9 @@ another) and the site, so the three never disagree on what is noise:
 4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
    one-sided Student-t bound at CONFIDENCE (99%) for the difference of the two levels, so that
    few points of history need a larger change: with 3 points before, one new run must exceed
-   about 8.6 sigma; with 10, about 3.1 sigma. A quiet series is flagged about once in a hundred
-   judgements; the nightly therefore alarms only when a re-run of the stage is flagged again
-   against the same baseline (two independent runs: about one in ten thousand).
+   about 8.6 sigma; with 10, about 3.1 sigma. A quiet series is flagged in about 1-2% of
+   judgements (the bound, plus the few levels a series is cut into); the nightly therefore
+   alarms only when a re-run of the stage is flagged again against the same baseline.
 
 Standard library and asv only: the history side runs without torch.
 """
@@ -139,14 +139,15 @@ def compare_levels(
     base = Judgement(SAME, before=level_b, after=level_a, n_before=nb, n_after=na)
     logs_b, logs_a = _log(before), _log(after)
     if logs_b is None or logs_a is None:
-        # No relative scale (zeros, negatives): only an exact, persistent difference counts.
-        if level_b == level_a:
-            return base
-        if level_b == 0:
+        # No relative scale (zeros, negatives): absolute differences, in units of the level when
+        # it is not 0. A level of 0 with no noise (a count that was always 0) makes any change
+        # count; a noisy one (0, 1, 0, 1 ...) keeps its noise bar.
+        scale = abs(level_b) or 1.0
+        logs_b = [v / scale for v in before]
+        logs_a = [v / scale for v in after]
+        if level_b == 0 and level_a != 0 and nb >= MIN_BASELINE and max(map(abs, before)) == 0:
             verdict = REGRESSED if (level_a - level_b) * worse > 0 else IMPROVED
-            return Judgement(verdict, "no relative scale (level 0)", **_fields(base))
-        logs_b = [v / abs(level_b) for v in before]
-        logs_a = [v / abs(level_b) for v in after]
+            return Judgement(verdict, "a level of exactly 0 left", **_fields(base))
     effect = statistics.median(logs_a) - statistics.median(logs_b)
     sigma, df = spread(logs_b)
     reason = None
@@ -163,7 +164,8 @@ def compare_levels(
                 **{k: v for k, v in _fields(base).items() if k != "change_pct"},
             )
     margin = t_quantile(df) * sigma * math.sqrt(_median_variance(nb) + _median_variance(na))
-    bar = max(math.log1p(MIN_EFFECT), NOISE_FLOOR * sigma, margin)
+    floor = math.log1p(MIN_EFFECT) if level_b != 0 else 0.0  # no 1% of 0
+    bar = max(floor, NOISE_FLOOR * sigma, margin)
     verdict = SAME
     if abs(effect) > bar:
         verdict = REGRESSED if effect * worse > 0 else IMPROVED

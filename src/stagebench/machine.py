@@ -140,7 +140,11 @@ def read_log(results_dir: Path) -> list[dict[str, Any]]:
             entry = json.loads(line.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("machine"), str):
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("machine"), str)
+            and isinstance(entry.get("facts", {}), dict)
+        ):
             entries.append(entry)
     return entries
 

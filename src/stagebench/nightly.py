@@ -20,15 +20,16 @@ history is merely short), 4 failed (bench, git or I/O).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
+import traceback
 from pathlib import Path
 
 CLEAN, REGRESSION, BAD_INPUT, CANNOT_JUDGE, FAILED = 0, 1, 2, 3, 4
@@ -50,54 +51,85 @@ def _git(*args: str, cwd: Path | None = None, env: dict | None = None) -> str:
     return done.stdout.strip()
 
 
-def _branch_exists(remote: str, branch: str) -> bool:
+class BadInput(ValueError):
+    """A remote, branch or directory the phase cannot use: exit 2, one line."""
+
+
+def _check_remote(remote: str) -> None:
+    # git reads a leading '-' as an option (--upload-pack=... runs a command).
+    if not remote.strip() or remote.startswith("-"):
+        raise BadInput(f"--remote {remote!r}: give a remote name or URL (not an option)")
+
+
+def _check_branch(branch: str) -> None:
     done = subprocess.run(
-        ["git", "ls-remote", "--exit-code", "--heads", remote, branch],
+        ["git", "check-ref-format", "--branch", branch], capture_output=True, check=False
+    )
+    if not branch or branch.startswith("-") or done.returncode != 0:
+        raise BadInput(f"--branch {branch!r} is not a branch name git accepts")
+
+
+def _branch_exists(remote: str, branch: str) -> bool:
+    """Whether refs/heads/<branch> itself exists (ls-remote's pattern also matches a/<branch>)."""
+    ref = f"refs/heads/{branch}"
+    done = subprocess.run(
+        ["git", "ls-remote", "--heads", "--", remote, ref],
         capture_output=True,
         text=True,
         check=False,
     )
-    if done.returncode == 0:
-        return True
-    if done.returncode == 2:  # reached the remote, no such branch
-        return False
-    raise NightlyError(f"cannot reach remote {remote!r}: {done.stderr.strip()[-300:]}")
+    if done.returncode != 0:
+        raise NightlyError(f"cannot reach remote {remote!r}: {done.stderr.strip()[-300:]}")
+    return any(line.split("\t")[-1] == ref for line in done.stdout.splitlines())
 
 
 def _fetch(remote: str, branch: str) -> str:
-    _git("fetch", "--no-tags", "--depth=1", remote, f"refs/heads/{branch}")
+    _git("fetch", "--no-tags", "--depth=1", "--", remote, f"refs/heads/{branch}")
     return _git("rev-parse", "FETCH_HEAD")
 
 
 def _extract(commit: str, dest: Path) -> int:
-    """The branch's results/ into `dest`: regular files and folders only (no links, nothing
-    outside dest), whatever the branch holds. Returns the number of files."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", commit, RESULTS_PREFIX],
+    """The branch's results/ into `dest`: regular files only (no links, nothing outside dest),
+    read from the tree itself: `git archive` would obey a .gitattributes on the branch
+    (export-ignore) and silently leave history out. Returns the number of files."""
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "-z", "--full-tree", commit, "--", RESULTS_PREFIX],
         capture_output=True,
         check=False,
     )
-    if archive.returncode != 0:
-        if b"did not match any files" in archive.stderr:
-            return 0
-        raise NightlyError(f"git archive failed: {archive.stderr.decode()[-300:]}")
-    files = 0
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        for member in tar.getmembers():
-            relative = Path(member.name).relative_to(RESULTS_PREFIX)
-            if ".." in relative.parts or relative.is_absolute():
-                raise NightlyError(f"unsafe path in the results branch: {member.name}")
-            target = dest / relative
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.isfile():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                target.write_bytes(source.read() if source else b"")
-                files += 1
-            else:
-                print(f"nightly: skipped {member.name}: not a regular file", file=sys.stderr)
-    return files
+    if listing.returncode != 0:
+        raise NightlyError(f"git ls-tree failed: {listing.stderr.decode()[-300:]}")
+    blobs = []
+    for entry in filter(None, listing.stdout.split(b"\0")):
+        info, _, name = entry.partition(b"\t")
+        mode, kind, sha = info.decode().split()
+        path = name.decode("utf-8", "surrogateescape")
+        relative = Path(path).relative_to(RESULTS_PREFIX)
+        if ".." in relative.parts or relative.is_absolute():
+            raise NightlyError(f"unsafe path in the results branch: {path}")
+        if kind != "blob" or mode not in ("100644", "100755"):
+            print(f"nightly: skipped {path}: not a regular file", file=sys.stderr)
+            continue
+        blobs.append((sha, dest / relative))
+    if not blobs:
+        return 0
+    batch = subprocess.run(
+        ["git", "cat-file", "--batch"],
+        input=b"".join(sha.encode() + b"\n" for sha, _ in blobs),
+        capture_output=True,
+        check=False,
+    )
+    if batch.returncode != 0:
+        raise NightlyError(f"git cat-file failed: {batch.stderr.decode()[-300:]}")
+    data, at = batch.stdout, 0
+    for _, target in blobs:
+        header_end = data.index(b"\n", at)
+        size = int(data[at:header_end].split()[2])
+        body = data[header_end + 1 : header_end + 1 + size]
+        at = header_end + 1 + size + 1  # the body is followed by a newline
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
+    return len(blobs)
 
 
 def restore(remote: str, branch: str, results: Path) -> int:
@@ -269,6 +301,45 @@ def _alarm(findings: list, machine: str, commit: str, notes: list[str]) -> str:
     return "\n".join(lines)
 
 
+class Cancelled(Exception):
+    """SIGTERM/SIGINT reached the nightly: its child session was stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"cancelled by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _step(command: list[str], env: dict) -> int:
+    """Run one step (nox and the asv and stage processes under it) in a session of its own; a
+    SIGTERM or SIGINT to the nightly (a cancelled job) stops that whole session before the
+    nightly exits, so no bench goes on writing tonight's results behind it."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    caught: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        caught.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=10 if caught else None)
+                break
+            except subprocess.TimeoutExpired:  # the session did not stop on SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers the step left in its session
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise Cancelled(caught[0])
+    return code
+
+
 def _remeasure(report, results_dir: Path, out: Path, env: dict) -> None:
     """Re-run the stages of new regressions once and confirm or refute each finding."""
     from stagebench import history, regress
@@ -276,11 +347,7 @@ def _remeasure(report, results_dir: Path, out: Path, env: dict) -> None:
     classes = sorted({regress.stage_class_of(f.benchmark) for f in report.new})
     pattern = "|".join(f"^{re.escape(c)}\\." for c in classes)
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run(
-        [sys.executable, "-m", "nox", "-s", "remeasure", "--", str(out), pattern],
-        env=env,
-        check=False,
-    )
+    _step([sys.executable, "-m", "nox", "-s", "remeasure", "--", str(out.resolve()), pattern], env)
     values: dict[str, float | None] = {}
     try:
         again = history.load(out, machine=env["STAGEBENCH_ASV_MACHINE"])
@@ -300,8 +367,13 @@ def _nights(results: Path, machine: str) -> int:
 
 
 def run(results: Path, report: Path, asv_args: list[str]) -> int:
+    from stagebench import history
     from stagebench import machine as machines
 
+    if report.exists() and not report.is_dir():
+        raise BadInput(f"--report {report} is a file; give a directory")
+    if results.exists() and not results.is_dir():
+        raise BadInput(f"--results {results} is a file; give a directory")
     report.mkdir(parents=True, exist_ok=True)
     for stale in ("alarm.md", "summary.md", "regressions.json", "verdict"):
         (report / stale).unlink(missing_ok=True)
@@ -323,18 +395,24 @@ def run(results: Path, report: Path, asv_args: list[str]) -> int:
     if changed:
         notes.append("machine facts changed since its last night: " + "; ".join(changed))
 
-    env = {**os.environ, "STAGEBENCH_ASV_MACHINE": name}
+    # asv writes where the judge reads: the bench gets this results directory (and the store
+    # of full Results inside it, unless one is set), not only asv.conf.json's.
+    env = {
+        **os.environ,
+        "STAGEBENCH_ASV_MACHINE": name,
+        "STAGEBENCH_ASV_RESULTS": str(results.resolve()),
+        "STAGEBENCH_STORE": os.environ.get("STAGEBENCH_STORE")
+        or str(results.resolve() / "stagebench-results.jsonl"),
+    }
     suite = subprocess.run(
         [sys.executable, "-m", "stagebench.asv_suite"], env=env, capture_output=True, text=True
     )
     if suite.returncode != 0:  # a bad STAGEBENCH_* variable: say which, before asv runs
         error = (suite.stderr.strip().splitlines() or ["the suite does not import"])[-1]
         return _finish(report, "bad-input", [f"**Nightly not run**: {error}"], BAD_INPUT)
-    bench = subprocess.run(
-        [sys.executable, "-m", "nox", "-s", "bench", "--", *asv_args], env=env, check=False
-    )
-    if bench.returncode != 0:
-        summary = [f"**Nightly failed**: `nox -s bench` exited {bench.returncode} on `{name}`."]
+    bench = _step([sys.executable, "-m", "nox", "-s", "bench", "--", *asv_args], env)
+    if bench != 0:
+        summary = [f"**Nightly failed**: `nox -s bench` exited {bench} on `{name}`."]
         return _finish(report, "failed", summary, FAILED)
     commit = _git("rev-parse", "HEAD")
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -346,7 +424,9 @@ def run(results: Path, report: Path, asv_args: list[str]) -> int:
     nights = _nights(results, name)
     short = nights < MIN_NIGHTS
     try:
-        judged = regress.check(results, machine=name)
+        # The checkout's commit order, not author dates: a rebased or fast-forwarded commit is
+        # tonight's even when it was written before last night's.
+        judged = regress.check(results, machine=name, order=history.git_order())
     except regress.CannotJudge as exc:
         why = (
             f"history too short to judge: {nights} night(s) on `{name}`, {MIN_NIGHTS} needed"
@@ -384,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         if phase == "store":
             p.add_argument("--message", default="Benchmark results")
     p = sub.add_parser("run")
-    p.add_argument("--results", type=Path, default=Path(".asv/results"))
+    p.add_argument(
+        "--results", type=Path, default=Path(".asv/results"), help="asv's results directory"
+    )
     p.add_argument("--report", type=Path, default=Path(".asv/report"))
     p.add_argument("asv_args", nargs=argparse.REMAINDER, help="after --: asv run options")
     try:
@@ -392,15 +474,36 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return BAD_INPUT if exc.code else CLEAN
     try:
+        if args.phase in ("restore", "store"):
+            _check_remote(args.remote)
+            _check_branch(args.branch)
         if args.phase == "restore":
             return restore(args.remote, args.branch, args.results)
         if args.phase == "store":
             return store(args.remote, args.branch, args.results, args.message)
         extra = args.asv_args[1:] if args.asv_args[:1] == ["--"] else args.asv_args
         return run(args.results, args.report, extra)
+    except BadInput as exc:
+        print(f"stagebench nightly: error: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    except Cancelled as exc:
+        print(f"stagebench nightly: {args.phase} {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except (NightlyError, OSError) as exc:
         print(f"stagebench nightly: {args.phase} failed: {exc}", file=sys.stderr)
-        return FAILED
+        return _failed(args, str(exc))
+    except Exception as exc:  # a bug: never exit 1, which the workflow reads as an alarm
+        traceback.print_exc()
+        print(f"stagebench nightly: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return _failed(args, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _failed(args: argparse.Namespace, why: str) -> int:
+    """FAILED, with a verdict file when the run had a report directory to write it to."""
+    if args.phase == "run" and args.report.is_dir():
+        with contextlib.suppress(OSError):
+            _finish(args.report, "failed", [f"**Nightly failed**: {why}"], FAILED)
+    return FAILED
 
 
 if __name__ == "__main__":

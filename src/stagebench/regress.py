@@ -16,6 +16,7 @@ Exit codes (cli): 0 judged and clean, 1 a regression stands, 2 bad input, 3 cann
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -149,13 +150,20 @@ def _commit_at(points: list[Point], index: int) -> str:
     return [p for p in points if p.value is not None][index].commit
 
 
-def check(results_dir: Path, machine: str | None = None, benchmark: str | None = None) -> Report:
-    """Load the history and judge every benchmark whose better direction is known."""
-    history: History = load(results_dir, machine, benchmark)
+def check(
+    results_dir: Path,
+    machine: str | None = None,
+    benchmark: str | None = None,
+    order: list[str] | None = None,
+) -> Report:
+    """Load the history and judge every benchmark whose better direction is known. `order`:
+    commits oldest first (see history.load); the newest is the last of it that was measured."""
+    history: History = load(results_dir, machine, benchmark, order)
     commits = history.commits()
+    rank = {commit: i for i, commit in enumerate(order or ())}
     newest = max(
         (p for s in history.series.values() for pts in s.values() for p in pts),
-        key=lambda p: (p.date, p.commit),
+        key=lambda p: (rank.get(p.commit, -1), p.date, p.measured, p.commit),
     ).commit
     report = Report([], [], 0, len(commits), newest, skipped_files=history.skipped)
     report.sources = sorted(history.series)
@@ -207,8 +215,13 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
         direction = "rise" if worse > 0 else "drop"
         if j.verdict == judge.IMPROVED:
             direction = "drop" if worse > 0 else "rise"
+    # New: the newest commit brought it (its level starts there), or the history without that
+    # commit did not show it (a change that only now clears its bar).
+    first_bad = _commit_at(lead.points, j.first_bad) if j.first_bad is not None else None
     new = j.verdict == judge.REGRESSED and (
-        lead.before is None or lead.before.verdict != judge.REGRESSED
+        first_bad == lead.points[-1].commit
+        or lead.before is None
+        or lead.before.verdict != judge.REGRESSED
     )
     derived = tuple((m.metric, m.now.change_pct) for m in changed if m is not lead)
     measured = [float(p.value) for p in lead.points if p.value is not None]
@@ -220,7 +233,7 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
         metric=lead.metric,
         direction=direction,
         good=_commit_at(lead.points, j.last_good),
-        bad=_commit_at(lead.points, j.first_bad),
+        bad=first_bad,
         judgement=j,
         derived=derived,
         new=new,
@@ -340,18 +353,33 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+def finite(value: object) -> object:
+    """JSON has no NaN or infinity: strict parsers reject a report holding one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def to_json(report: Report) -> str:
     return json.dumps(
-        {
-            "regressions": [f.to_dict() for f in report.regressions],
-            "improvements": [f.to_dict() for f in report.improvements],
-            "new": len(report.new),
-            "alarms": len(report.alarms),
-            "checked": report.checked,
-            "commits": report.commits,
-            "latest": report.latest,
-            "unjudged": report.unjudged,
-            "skipped_files": report.skipped_files,
-        },
+        finite(
+            {
+                "regressions": [f.to_dict() for f in report.regressions],
+                "improvements": [f.to_dict() for f in report.improvements],
+                "new": len(report.new),
+                "alarms": len(report.alarms),
+                "checked": report.checked,
+                "commits": report.commits,
+                "latest": report.latest,
+                "unjudged": report.unjudged,
+                "skipped_files": report.skipped_files,
+            }
+        ),
         indent=2,
+        allow_nan=False,
+        default=str,
     )

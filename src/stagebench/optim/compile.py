@@ -14,7 +14,10 @@ up on) is counted from dynamo's counters into the Result (`observed`).
 
 from __future__ import annotations
 
+import getpass
 import os
+import re
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,15 +80,27 @@ def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "stagebench" / "inductor"
 
 
+def torch_default_cache_dir() -> str:
+    """The temporary directory torch writes into TORCHINDUCTOR_CACHE_DIR when nobody chose one
+    (torch._inductor.runtime.cache_dir_utils.default_cache_dir, restated: no torch import)."""
+    user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + user)
+
+
 def cache_dir_for(requested: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """The inductor cache a stage uses: the workload's, else an explicit TORCHINDUCTOR_CACHE_DIR,
     else stagebench's persistent default, so a re-run reuses compiled kernels and autotuning.
 
     The parent decides it and puts it in the child's environment before the child imports
     torch: torch fills TORCHINDUCTOR_CACHE_DIR with its own temporary default the first time
-    anything asks (model construction does), so deciding inside the child comes too late.
+    anything asks (model construction does), so deciding inside the child comes too late. The
+    parent may have torch loaded too (on an H100 host something in it filled the variable, and
+    every stage compiled into /tmp): torch's own default there is not a choice, and is ignored.
     """
-    chosen = requested or environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir(environ)
+    explicit = environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if explicit and os.path.abspath(explicit) == os.path.abspath(torch_default_cache_dir()):
+        explicit = None  # torch's fill-in, not the user's choice (--compile-cache can ask for it)
+    chosen = requested or explicit or default_cache_dir(environ)
     return os.path.abspath(os.path.expanduser(chosen))
 
 
