@@ -256,7 +256,10 @@ def test_regressions_json_stays_json_with_an_infinite_value(tmp_path, capsys):
     measurement; the report stays valid JSON."""
     write_history(
         tmp_path,
-        {STEP_TIME: [100.0, 101.0, 99.0, 100.0, float("inf")], MEMORY: [60.0, 60.1, 59.9, 60.0, 90]},
+        {
+            STEP_TIME: [100.0, 101.0, 99.0, 100.0, float("inf")],
+            MEMORY: [60.0, 60.1, 59.9, 60.0, 90.0],
+        },
     )
     _, out, _ = run_cli(capsys, "regressions", "--results", str(tmp_path), "--format", "json")
     report = json.loads(out, parse_constant=_no_constants)
