@@ -183,7 +183,7 @@ def bench(session: nox.Session) -> None:
     conf = _derived_conf("bench", os.path.abspath(results)) if results else None
     head = _git(session, "rev-parse", "HEAD")
     _asv_run_commit(session, machine, head, ".", *session.posargs, conf=conf)
-    session.run("asv", "publish", *(["--config", conf] if conf else []))
+    _site(session, os.path.abspath(results) if results else None, conf)
     session.log(f"history: .asv/results ({machine}); site: .asv/html (nox -s publish -- --serve)")
 
 
@@ -239,20 +239,31 @@ def backfill(session: nox.Session) -> None:
     session.log(f"measured {len(commits)} commit(s) into {results} ({machine})")
 
 
+def _site(
+    session: nox.Session, results: str | None = None, conf: str | None = None, *extra: str
+) -> None:
+    """asv's pages, then the front page and asv's libraries from the site itself: the site makes
+    no request outside itself (stagebench.site checks), so it works without internet."""
+    session.run("asv", "publish", *(["--config", conf] if conf else []))
+    html = ASV_CONF["html_dir"] if not results else os.path.join(os.path.dirname(results), "html")
+    results = results or ASV_CONF["results_dir"]
+    session.run("python", "-m", "stagebench.site", html, "--results", results, *extra)
+
+
 @nox.session(venv_backend=BACKEND)
 def publish(session: nox.Session) -> None:
-    """Build the static history site in .asv/html from .asv/results.
-
-    `-- --offline` serves asv's JavaScript libraries from the site itself (fetched once from
-    npm) so it renders without internet access; `-- --serve` previews it.
-    """
+    """Build the static history site in .asv/html from .asv/results: the nightly matrix as the
+    front page (index.html), asv's graphs behind it (asv.html), no third-party request.
+    `-- --baseline COMMIT` pins the front page's baseline column; `-- --serve` previews it."""
     if not REUSE_SYSTEM:
         session.install("asv>=0.6.4")
-    session.run("asv", "publish")
-    if "--offline" in session.posargs:
-        session.run("python", "src/stagebench/site.py", ".asv/html")
+        # The site stands on stored results alone: stagebench without torch and friends.
+        session.install("--no-deps", "-e", ".")
+    # --offline is what every site is now; accepted so older commands still work.
+    extra = [a for a in session.posargs if a not in ("--serve", "--offline")]
+    _site(session, None, None, *extra)
     if "--serve" in session.posargs:
-        session.run("asv", "preview")
+        session.run("python", "-m", "http.server", "--directory", ASV_CONF["html_dir"], "8080")
 
 
 @nox.session(venv_backend=BACKEND)

@@ -1,12 +1,13 @@
-"""Make an `asv publish` site work without internet access.
+"""The published site: self-contained, and opening on the nightly matrix.
 
 asv's pages load jQuery, flot, bootstrap and friends from public CDNs; on a GPU cluster behind a
 firewall, in CI, or from a file share the page then shows only asv's "failed to load" notice.
-`localize` serves the same library versions from the site itself: it fetches them from the npm
-registry once (cached), copies them to `<html>/vendor/`, and points every page at those copies.
+`localize` serves the same library versions from the site itself, copied from the files shipped
+with stagebench (`site_assets/`, from the npm registry; `--refresh-assets` fetches them again),
+and `check_self_contained` proves no page asks a third party for anything. `build` does both and
+writes the front page (frontpage.py) in place of asv's grid, which moves to asv.html.
 
-Standard library only, so `nox -s publish` can run it as a script without installing stagebench:
-    python src/stagebench/site.py HTML_DIR [--cache DIR]
+    python -m stagebench.site HTML_DIR [--results DIR] [--baseline COMMIT]
 """
 
 from __future__ import annotations
@@ -100,15 +101,28 @@ def vendor_name(url: str) -> str:
     return f"{spec.rsplit('@', 1)[0]}-{Path(path).name}"
 
 
-def localize(html_dir: Path, cache: Path) -> int:
-    """Copy the libraries into `html_dir/vendor` and rewrite every page; returns pages changed."""
-    if not (html_dir / "index.html").is_file():
-        raise SiteError(f"{html_dir} holds no published site (run asv publish first)")
+ASSETS = Path(__file__).with_name("site_assets")
+
+
+def refresh_assets(cache: Path) -> None:
+    """Fetch the libraries from npm again and replace the shipped copies (maintainers only)."""
     fetch(cache)
+    for url, (spec, path) in VENDORED.items():
+        shutil.copyfile(package_dir(cache, spec) / path, ASSETS / vendor_name(url))
+
+
+def localize(html_dir: Path) -> int:
+    """Copy the shipped libraries into `html_dir/vendor` and rewrite every page to load them;
+    returns the number of pages changed."""
+    if not any((html_dir / name).is_file() for name in ("index.html", "asv.html")):
+        raise SiteError(f"{html_dir} holds no published site (run asv publish first)")
     vendor = html_dir / "vendor"
     vendor.mkdir(exist_ok=True)
-    for url, (spec, path) in VENDORED.items():
-        shutil.copyfile(package_dir(cache, spec) / path, vendor / vendor_name(url))
+    for url in VENDORED:
+        shipped = ASSETS / vendor_name(url)
+        if not shipped.is_file():
+            raise SiteError(f"{shipped} is missing: reinstall stagebench or --refresh-assets")
+        shutil.copyfile(shipped, vendor / vendor_name(url))
     changed = 0
     for page in html_dir.rglob("*.html"):
         text = original = page.read_text()
@@ -126,17 +140,58 @@ def localize(html_dir: Path, cache: Path) -> int:
     return changed
 
 
+# What makes a browser fetch something: script/img/iframe src, link href, CSS url() and @import.
+_RESOURCE = re.compile(
+    r"""<(?:script|img|iframe|source|embed|audio|video)\b[^>]*\bsrc\s*=\s*["']([^"']+)"""
+    r"""|<link\b[^>]*\bhref\s*=\s*["']([^"']+)"""
+    r"""|url\(\s*["']?([^"')]+)|@import\s+["']([^"']+)""",
+    re.IGNORECASE,
+)
+
+
+def external_requests(html_dir: Path) -> list[str]:
+    """`page: address` for every resource a page or stylesheet would fetch from another host
+    (plain links to, say, a commit on GitHub are navigation, not requests)."""
+    found = []
+    for page in sorted([*html_dir.rglob("*.html"), *html_dir.rglob("*.css")]):
+        text = page.read_text(errors="replace")
+        for match in _RESOURCE.finditer(text):
+            address = next(g for g in match.groups() if g)
+            if re.match(r"^(?:[a-z][a-z0-9+.-]*:)?//", address, re.IGNORECASE):
+                found.append(f"{page.relative_to(html_dir)}: {address}")
+    return found
+
+
+def build(html_dir: Path, results_dir: Path, baseline: str | None = None) -> str:
+    """Localize the site, write the front page, and prove no page asks a third party."""
+    from stagebench import frontpage
+
+    localize(html_dir)
+    rows = frontpage.write(html_dir, results_dir, baseline=baseline)
+    outside = external_requests(html_dir)
+    if outside:
+        raise SiteError(f"pages still request other hosts: {'; '.join(outside[:5])}")
+    return f"site: {html_dir / 'index.html'} ({rows} stage rows), self-contained"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stagebench.site", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("html", type=Path, help="the directory asv publish wrote")
-    parser.add_argument("--cache", type=Path, default=Path(".asv/site-assets"))
+    parser.add_argument("--results", type=Path, default=Path(".asv/results"))
+    parser.add_argument("--baseline", help="commit the 'vs baseline' column compares with")
+    parser.add_argument(
+        "--refresh-assets", action="store_true", help="fetch the shipped libraries from npm"
+    )
     args = parser.parse_args(argv)
     try:
-        pages = localize(args.html, args.cache)
+        if args.refresh_assets:
+            refresh_assets(Path(".asv/site-assets"))
+        print(build(args.html, args.results, args.baseline))
     except SiteError as exc:
         print(f"site: error: {exc}", file=sys.stderr)
         return 1
-    print(f"site: {pages} page(s) now load their libraries from {args.html / 'vendor'}")
     return 0
 
 

@@ -1,0 +1,96 @@
+"""The front page from stored results: rows, statuses, changes, links; the site self-contained."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+
+from asv_history import FIRST_STEP, MEMORY, MFU, OK, STEP_TIME, write_history
+from test_compare import _result
+
+from stagebench import frontpage, results, site
+
+SEED_MFU = "stages.Stage_00_sdpa.track_seed_mfu"
+
+
+def _history(tmp_path, steps: list[float], ok: list[float] | None = None) -> list[str]:
+    n = len(steps)
+    series = {
+        STEP_TIME: steps,
+        SEED_MFU: [35.0 * 300.0 / s for s in steps],
+        MFU: [31.0 * 300.0 / s for s in steps],
+        MEMORY: [70.1] * n,
+        FIRST_STEP: [3.0] * n,
+        OK: ok or [1.0] * n,
+    }
+    return write_history(tmp_path, series)
+
+
+def _store(tmp_path, commit: str, **kwargs) -> None:
+    result = _result("00_sdpa", **kwargs)
+    result.env = {"commit": commit}
+    results.append(tmp_path / "stagebench-results.jsonl", result)
+
+
+def _cells(page: str, stage: str) -> list[str]:
+    row = re.search(rf'<td class="stage">{re.escape(stage)}</td>(.*?)</tr>', page, re.S)
+    assert row, page[:2000]
+    return [
+        html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
+        for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+    ]
+
+
+def test_a_row_shows_the_latest_night_beside_the_previous_and_the_baseline(tmp_path):
+    steps = [300.0, 301.0, 299.0, 300.5, 300.0, 330.0]
+    hashes = _history(tmp_path, steps)
+    _store(tmp_path, hashes[-1], step_ms=330.0, mfu=31.8)
+    page, files = frontpage.render(tmp_path)
+    status, mfu, _, _, memory, step, previous, baseline, noise, _, link = _cells(page, "00_sdpa")
+    assert (status, mfu, memory, step) == ("ok", "31.8", "70.1", "330.0")
+    assert previous == "+10.0%" and baseline == "+10.0%"
+    assert noise.startswith("±")
+    assert link == "Result" and files["results/Stage_00_sdpa.json"]["stage"] == "00_sdpa"
+    assert 'href="asv.html#stages.Stage_00_sdpa.track_step_time_ms"' in page
+    assert 'class="regressed"' in page and "nox -s bisect --" in page  # the alarm's command
+    assert "<svg" in page  # a trend line
+
+
+def test_a_failed_stage_is_explained_in_its_row(tmp_path):
+    hashes = _history(tmp_path, [300.0, 301.0, 299.0, 300.0], ok=[1.0, 1.0, 1.0, 0.0])
+    failed = dataclasses.replace(_result("00_sdpa", status="oom"), reason="CUDA out of memory (x)")
+    failed.env = {"commit": hashes[-1]}
+    results.append(tmp_path / "stagebench-results.jsonl", failed)
+    page, _ = frontpage.render(tmp_path)
+    assert _cells(page, "00_sdpa")[0] == "oom"
+    assert "<b>oom</b>: CUDA out of memory (x)" in page
+
+
+def test_a_pinned_baseline_moves_the_baseline_column(tmp_path):
+    hashes = _history(tmp_path, [300.0, 330.0, 330.0, 330.0, 330.0])
+    page, _ = frontpage.render(tmp_path, baseline=hashes[1])
+    assert _cells(page, "00_sdpa")[7] == "+0.0%"
+
+
+def test_the_site_refuses_pages_that_ask_other_hosts(tmp_path):
+    (tmp_path / "index.html").write_text(
+        '<script src="https://code.jquery.com/jquery.js"></script>'
+        '<a href="https://github.com/x/y/commit/abc">a link is no request</a>'
+        '<link rel="stylesheet" href="vendor/local.css">'
+    )
+    (tmp_path / "style.css").write_text("body { background: url(//cdn.example/x.png) }")
+    assert site.external_requests(tmp_path) == [
+        "index.html: https://code.jquery.com/jquery.js",
+        "style.css: //cdn.example/x.png",
+    ]
+
+
+def test_asv_pages_load_the_shipped_libraries(tmp_path):
+    """asv's own page names its CDN copies; localize points every one at the shipped file."""
+    cdn = "".join(f'<script src="{url}"></script>' for url in site.VENDORED if url.endswith(".js"))
+    (tmp_path / "index.html").write_text(f"<html><head>{cdn}</head></html>")
+    site.localize(tmp_path)
+    assert site.external_requests(tmp_path) == []
+    for url in site.VENDORED:
+        assert (tmp_path / "vendor" / site.vendor_name(url)).stat().st_size > 1000
