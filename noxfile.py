@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import nox
 
@@ -63,6 +64,9 @@ def _node_tools(session: nox.Session) -> dict[str, str]:
 def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests on the CPU (GPU-only tests skip with their reason)."""
     _install(session, "dev", "gpu")  # gpu: liger, cce, kernels have CPU-testable parts
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        session.warn("headless Chromium not found: the site's browser tests will be SKIPPED")
+        session.warn("install it (Debian: apt-get install chromium) to check the published site")
     session.run("pytest", *(session.posargs or ["-q"]), env=_node_tools(session))
 
 
