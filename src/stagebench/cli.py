@@ -117,6 +117,26 @@ def build_parser() -> Parser:
     cmp.add_argument("--results", type=Path, default=Path(".asv/results"), metavar="DIR")
     cmp.add_argument("--machine", help="one machine's results (default: every machine)")
     cmp.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    noise = sub.add_parser(
+        "noise",
+        help="run-to-run noise and minimal detectable effect per stage, over separate processes",
+    )
+    noise.add_argument("stages", nargs="*", metavar="STAGE")
+    noise.add_argument(
+        "--subset", help=f"{' | '.join(MATRICES)} | STAGE,STAGE,... instead of STAGE arguments"
+    )
+    noise.add_argument("--runs", type=int, default=5, help="processes per stage (default 5)")
+    noise.add_argument(
+        "--results",
+        type=Path,
+        default=Path(".asv/results"),
+        metavar="DIR",
+        help="asv's results directory: the records are appended to its stagebench-noise.jsonl",
+    )
+    noise.add_argument(
+        "--show", action="store_true", help="print the recorded noise in DIR, measure nothing"
+    )
+    _workload_args(noise)
     return parser
 
 
@@ -397,6 +417,63 @@ def _compare(args: argparse.Namespace) -> int:
     return compare.exit_code(rows)
 
 
+def _noise(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from stagebench import machine, noise
+
+    if args.results.exists() and not args.results.is_dir():
+        raise BadInput(f"--results {args.results} is not a directory")
+    if args.show:
+        records = noise.load(args.results)
+        if not records:
+            raise CannotJudgeError(f"no noise records in {args.results / noise.LOG_NAME}")
+    else:
+        if args.runs < noise.MIN_RUNS:
+            raise BadInput(f"--runs {args.runs}: at least {noise.MIN_RUNS} (5 or more advised)")
+        names = args.stages or _subset(args.subset, _device(args.device))
+        if args.stages and args.subset:
+            raise BadInput("give STAGE arguments or --subset, not both")
+        stage_list = resolve_stages(names)
+        workload = workload_from(args)
+        _check_apart(args.jsonl, args.log_dir, stage_list)
+        _check_store(args.jsonl)
+        _check_log_dir(args.log_dir)
+        try:
+            name = machine.name(machine.facts())
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        console.print(
+            f"stagebench noise: {len(stage_list)} stage(s) x {args.runs} processes on "
+            f"{workload.model} ({workload.device}), machine {name}",
+            highlight=False,
+        )
+
+        def finished(result: Result) -> None:
+            console.print(f"  {result.stage}: {result.status}", highlight=False)
+
+        done = noise.measure(
+            stage_list, workload, args.runs, store=args.jsonl, log_dir=args.log_dir,
+            on_result=finished,
+        )  # fmt: skip
+        records = noise.summarize(done, name)
+        path = noise.append(args.results, records)
+        console.print(f"noise records appended to {path}", highlight=False)
+    table = Table(title="run-to-run noise (separate processes)", title_justify="left")
+    for header in noise.TABLE_HEADER:
+        table.add_column(header, justify="left" if header == "stage" else "right")
+    for row in noise.table_rows(records):
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        "sigma: one run's spread of the per-process median (log scale); MDE95: the smallest "
+        "difference of two single nightly runs that is significant at 95%; within-run CI: "
+        "the runs' own 95% CI of their median, which misses what differs between processes.",
+        highlight=False,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # A pipe or CI log is not 80 columns wide; don't squeeze the table into it.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -413,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             return _regressions(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "noise":
+            return _noise(args, console)
         return _env(args, console)
     except BadInput as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)

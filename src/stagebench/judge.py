@@ -19,6 +19,11 @@ another) and the site, so the three never disagree on what is noise:
    about 8.6 sigma; with 10, about 3.1 sigma. A quiet series is flagged in about 1-2% of
    judgements (the bound, plus the few levels a series is cut into); the nightly therefore
    alarms only when a re-run of the stage is flagged again against the same baseline.
+5. Where the stage's run-to-run noise was measured over separate processes (noise.py: a Prior),
+   the threshold follows that stage: its noise is the larger of the history's and the measured
+   one (a short quiet stretch of history never makes the bar smaller than the machine can
+   tell), MIN_EFFECT gives way to the stage's MDE (a quiet compile stage can show 0.5%, a noisy
+   one is not held to 1%), and a history of two points can already be judged.
 
 Standard library and asv only: the history side runs without torch.
 """
@@ -55,6 +60,21 @@ _T99 = {
 _Z99 = 2.326
 
 REGRESSED, IMPROVED, SAME, UNJUDGED = "regressed", "improved", "same", "unjudged"
+Z975 = 1.959964
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A stage's noise measured over separate processes (noise.py), on the log scale."""
+
+    sigma: float  # one run's standard deviation of log(value)
+    df: int
+    source: str  # for people: "5 separate runs of 2026-12-06"
+
+    @property
+    def mde(self) -> float:
+        """Two single runs, 95% two-sided (log scale): the stage's own minimum effect."""
+        return Z975 * math.sqrt(2) * self.sigma
 
 
 def t_quantile(df: int) -> float:
@@ -129,16 +149,23 @@ def _pct(log_ratio: float) -> float:
 
 
 def compare_levels(
-    before: Sequence[float], after: Sequence[float], worse: int, *, allow_noise_after: bool = True
+    before: Sequence[float],
+    after: Sequence[float],
+    worse: int,
+    *,
+    allow_noise_after: bool = True,
+    prior: Prior | None = None,
 ) -> Judgement:
-    """Is the level of `after` worse (or better) than that of `before`? Values in their units."""
+    """Is the level of `after` worse (or better) than that of `before`? Values in their units.
+    `prior`: the stage's measured run-to-run noise (rule 5 of the module docstring)."""
     nb, na = len(before), len(after)
     if not nb or not na:
         raise ValueError("both sides need at least one value")
     level_b, level_a = statistics.median(before), statistics.median(after)
     base = Judgement(SAME, before=level_b, after=level_a, n_before=nb, n_after=na)
     logs_b, logs_a = _log(before), _log(after)
-    if logs_b is None or logs_a is None:
+    relative = logs_b is not None and logs_a is not None  # a prior is log-scale noise
+    if not relative:
         # No relative scale (zeros, negatives): absolute differences, in units of the level when
         # it is not 0. A level of 0 with no noise (a count that was always 0) makes any change
         # count; a noisy one (0, 1, 0, 1 ...) keeps its noise bar.
@@ -151,7 +178,10 @@ def compare_levels(
     effect = statistics.median(logs_a) - statistics.median(logs_b)
     sigma, df = spread(logs_b)
     reason = None
-    if nb < MIN_BASELINE or df < 1:
+    if prior is not None and relative and (nb < MIN_BASELINE or df < 1 or prior.sigma > sigma):
+        sigma, df = prior.sigma, prior.df
+        reason = f"noise from {prior.source}"
+    elif nb < MIN_BASELINE or df < 1:
         # One run is no level (it may be the outlier); two are, but their noise is not known.
         if nb >= 2 and allow_noise_after and na >= MIN_BASELINE:
             sigma, df = spread(logs_a)
@@ -165,6 +195,9 @@ def compare_levels(
             )
     margin = t_quantile(df) * sigma * math.sqrt(_median_variance(nb) + _median_variance(na))
     floor = math.log1p(MIN_EFFECT) if level_b != 0 else 0.0  # no 1% of 0
+    if prior is not None and relative:
+        floor = prior.mde  # the stage's own minimum effect, not the 1% every stage gets
+        reason = reason or f"minimum effect from {prior.source}"
     bar = max(floor, NOISE_FLOOR * sigma, margin)
     verdict = SAME
     if abs(effect) > bar:
@@ -204,16 +237,20 @@ def point_noise(ys: Sequence[float]) -> float:
     return sigma
 
 
-def segments(values: Sequence[float]) -> list[tuple[int, int]]:
-    """[(start, end)) ranges of constant level, oldest first; lone interior points merged."""
+def segments(values: Sequence[float], prior: Prior | None = None) -> list[tuple[int, int]]:
+    """[(start, end)) ranges of constant level, oldest first; lone interior points merged.
+    A measured prior keeps a quiet-looking short series from being cut at every wiggle."""
     n = len(values)
     if n == 0:
         return []
     ys = _log(values)
+    relative = ys is not None
     if ys is None:
         scale = abs(statistics.median(values)) or 1.0
         ys = [v / scale for v in values]
     sigma = point_noise(ys)
+    if prior is not None and relative:
+        sigma = max(sigma, prior.sigma)
     if n < 3 or sigma == 0.0:
         cuts = [i for i in range(1, n) if ys[i] != ys[i - 1]]
     else:
@@ -239,7 +276,7 @@ def segments(values: Sequence[float]) -> list[tuple[int, int]]:
     return segs
 
 
-def latest(values: Sequence[float], worse: int) -> Judgement:
+def latest(values: Sequence[float], worse: int, prior: Prior | None = None) -> Judgement:
     """The latest level of a series against the level before it.
 
     Walking back from the newest segment, changes too small to count (or between pieces too
@@ -248,16 +285,17 @@ def latest(values: Sequence[float], worse: int) -> Judgement:
     counts: `same`; too few points: `unjudged`.
     """
     n = len(values)
-    if n < MIN_BASELINE + 1:
+    needed = 2 if prior is not None else MIN_BASELINE + 1
+    if n < needed:
         points = f"{n} point{'s' * (n != 1)}"
-        return Judgement(UNJUDGED, f"{points} of history, {MIN_BASELINE + 1} needed")
+        return Judgement(UNJUDGED, f"{points} of history, {needed} needed")
     # The newest run is always a candidate level of its own: tonight against the level it
     # would join is the question a nightly asks, and a penalty that grows with the history
     # must not hide it.
-    segs = [*segments(values[:-1]), (n - 1, n)]
+    segs = [*segments(values[:-1], prior), (n - 1, n)]
     start, end = segs[-1]
     for seg_start, seg_end in reversed(segs[:-1]):
-        judged = compare_levels(values[seg_start:seg_end], values[start:end], worse)
+        judged = compare_levels(values[seg_start:seg_end], values[start:end], worse, prior=prior)
         if not judged.changed:
             # Not a change that counts (or two short pieces no noise can be measured on): one
             # level, judged again against what came before it.
@@ -267,9 +305,9 @@ def latest(values: Sequence[float], worse: int) -> Judgement:
     return Judgement(SAME, before=statistics.median(values), after=statistics.median(values))
 
 
-def baseline_at(values: Sequence[float], index: int) -> list[float]:
+def baseline_at(values: Sequence[float], index: int, prior: Prior | None = None) -> list[float]:
     """The points of the level that `values[index]` belongs to, up to and including it."""
-    segs = segments(values[: index + 1])
+    segs = segments(values[: index + 1], prior)
     start, end = segs[-1]
     return list(values[start:end])
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stagebench import judge
+from stagebench import judge, noise
 from stagebench.history import CannotJudge, History, HistoryError, Point, Source, load
 from stagebench.metrics import (
     FAMILY_LEAD,
@@ -52,6 +52,7 @@ class Finding:
     # None: not re-measured; True/False: a re-run of the stage showed it again / did not.
     confirmed: bool | None = None
     confirmation: str | None = None
+    prior: judge.Prior | None = None  # the stage's measured noise, when the judge used one
 
     @property
     def stage(self) -> str:
@@ -125,7 +126,9 @@ def find_failure(values: Sequence[float]) -> judge.Judgement:
     return judge.Judgement(judge.SAME, "never ran ok: nothing to bisect")
 
 
-def _judge_series(metric: str, points: list[Point]) -> judge.Judgement:
+def _judge_series(
+    metric: str, points: list[Point], prior: judge.Prior | None = None
+) -> judge.Judgement:
     measured = [p for p in points if p.value is not None]
     values = [float(p.value) for p in measured]
     if metric == OK_METRIC:
@@ -134,7 +137,7 @@ def _judge_series(metric: str, points: list[Point]) -> judge.Judgement:
         return judge.Judgement(judge.UNJUDGED, "never measured (skipped or failed)")
     if points[-1].value is None:
         return judge.Judgement(judge.UNJUDGED, "not measured at its newest commit")
-    return judge.latest(values, worse_sign(metric))
+    return judge.latest(values, worse_sign(metric), prior)
 
 
 @dataclass
@@ -144,6 +147,7 @@ class _Series:
     points: list[Point]
     now: judge.Judgement
     before: judge.Judgement | None  # judged without the newest commit
+    prior: judge.Prior | None = None  # the stage's measured run-to-run noise
 
 
 def _commit_at(points: list[Point], index: int) -> str:
@@ -167,22 +171,25 @@ def check(
     ).commit
     report = Report([], [], 0, len(commits), newest, skipped_files=history.skipped)
     report.sources = sorted(history.series)
+    records = noise.load(results_dir)
     for source, series in sorted(history.series.items()):
+        priors = noise.priors(records, source.machine)
         groups: dict[tuple[str, str], list[_Series]] = {}
         for name, points in sorted(series.items()):
             metric = metric_of(name)
             if worse_sign(metric) is None:
                 report.unjudged[name] = "no known better direction"
                 continue
-            now = _judge_series(metric, points)
+            key = (stage_class_of(name), family_of(metric))
+            prior = priors.get(key)
+            now = _judge_series(metric, points, prior)
             if now.verdict == judge.UNJUDGED:
                 report.unjudged[name] = now.reason or "unjudged"
                 continue
             report.checked += 1
             earlier = [p for p in points if p.commit != newest]
-            before = _judge_series(metric, earlier) if len(earlier) < len(points) else now
-            key = (stage_class_of(name), family_of(metric))
-            groups.setdefault(key, []).append(_Series(name, metric, points, now, before))
+            before = _judge_series(metric, earlier, prior) if len(earlier) < len(points) else now
+            groups.setdefault(key, []).append(_Series(name, metric, points, now, before, prior))
         for (_, family), members in sorted(groups.items()):
             finding = _finding(source, family, members)
             if finding is None:
@@ -238,6 +245,7 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
         derived=derived,
         new=new,
         baseline=baseline,
+        prior=lead.prior,
     )
 
 
@@ -253,7 +261,11 @@ def confirm(finding: Finding, value: float | None) -> Finding:
         note = "the re-run gave no value: not refuted"
         return replace(finding, confirmed=True, confirmation=note)
     again = judge.compare_levels(
-        list(finding.baseline), [value], worse_sign(finding.metric), allow_noise_after=False
+        list(finding.baseline),
+        [value],
+        worse_sign(finding.metric),
+        allow_noise_after=False,
+        prior=finding.prior,
     )
     change = "" if again.change_pct is None else f" ({again.change_pct:+.1f}%)"
     if again.verdict == judge.REGRESSED:

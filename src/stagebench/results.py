@@ -226,12 +226,17 @@ class StoreError(OSError):
 
 
 def append(path: Path, result: Result) -> None:
-    """Append one Result as one line, durably, without ever touching earlier lines.
+    """Append one Result as one line, durably, without ever touching earlier lines."""
+    append_line(path, json.dumps(result.to_dict(), sort_keys=True))
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append one line of JSON Lines durably, without ever touching earlier lines.
 
     Every write is checked (a full disk writes part of a line, then fails); on any failure the
     file is cut back to its size before the append and StoreError is raised.
     """
-    line = (json.dumps(result.to_dict(), sort_keys=True) + "\n").encode()
+    line = (text + "\n").encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         created = not path.exists()

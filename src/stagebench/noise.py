@@ -1,0 +1,246 @@
+"""A stage's run-to-run noise and its minimal detectable effect (MDE), kept with the history.
+
+A nightly compares one process with another, so the noise that matters is the spread between
+separate processes' medians, not the spread of steps within one: each process brings its own
+autotuning choices, allocator state and clocks, and the confidence interval of one run's median
+says nothing about the next process. `measure` runs each stage in `runs` separate processes,
+interleaved round by round (a drift of the machine touches every stage alike), and keeps, per
+stage and per family-lead metric, the runs' values, their spread on a log scale and
+
+    MDE95 = 1.96 * sqrt(2) * sigma
+
+the smallest difference between two single nightly runs that is significant at 95% (two-sided).
+The records live in asv's results directory (`stagebench-noise.jsonl`, one line per stage and
+measurement), so the nightly's results branch keeps them beside the numbers they qualify; the
+judge reads them as each stage's own threshold (judge.Prior).
+
+Reading is standard library only: the history side runs without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stagebench import PROTOCOL_VERSION, judge
+from stagebench.metrics import METRICS, family_of
+
+LOG_NAME = "stagebench-noise.jsonl"
+Z975 = 1.959964
+MIN_RUNS = 3  # fewer, and a spread means nothing; 5 or more are asked for
+# The family leads: the metrics every other tracked metric is computed from.
+NOISE_METRICS = ("step_time_ms", "first_step_s", "peak_reserved_gib")
+
+
+@dataclass(frozen=True)
+class MetricNoise:
+    values: list[float]  # one per process, in run order
+    sigma_pct: float  # one run's standard deviation on a log scale, as % of the level
+    df: int  # degrees of freedom of that estimate (runs - 1)
+    mde_pct: float  # two single nightly runs, 95% two-sided
+    within_ci_pct: float | None = None  # mean of the runs' own CI half-widths (step time)
+
+    @property
+    def sigma_log(self) -> float:
+        return math.log1p(self.sigma_pct / 100)
+
+
+@dataclass(frozen=True)
+class StageNoise:
+    machine: str
+    stage: str
+    asv_class: str  # stages.Stage_... : what the judge's series are named by
+    spec: str
+    shape: str  # the workload's shape name: another shape is another series
+    protocol: int
+    runs: int  # processes that ran ok
+    metrics: dict[str, MetricNoise]
+    date: str = ""
+    commit: str | None = None
+    packages: dict[str, str] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # statuses of the runs that were not ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageNoise:
+        fields = dict(data)
+        fields["metrics"] = {k: MetricNoise(**v) for k, v in data["metrics"].items()}
+        return cls(**fields)
+
+
+def mde_pct(sigma_pct: float) -> float:
+    """Two single runs, 95% two-sided, on the log scale the values are judged on."""
+    return 100 * math.expm1(Z975 * math.sqrt(2) * math.log1p(sigma_pct / 100))
+
+
+def metric_noise(values: list[float], within: list[float] | None = None) -> MetricNoise | None:
+    """The spread of per-process values; None when fewer than MIN_RUNS are positive."""
+    kept = [v for v in values if v is not None and v > 0]
+    if len(kept) < MIN_RUNS:
+        return None
+    sigma = statistics.stdev(math.log(v) for v in kept)
+    sigma_pct = 100 * math.expm1(sigma)
+    cis = [c for c in within or [] if c is not None]
+    return MetricNoise(
+        values=[round(v, 6) for v in kept],
+        sigma_pct=sigma_pct,
+        df=len(kept) - 1,
+        mde_pct=mde_pct(sigma_pct),
+        within_ci_pct=statistics.fmean(cis) if cis else None,
+    )
+
+
+def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
+    """One record per stage from its Results (one per process), in first-seen order."""
+    from stagebench.asv_suite import class_name_of
+    from stagebench.workload import Workload, shape_name
+
+    by_stage: dict[str, list[Any]] = {}
+    for result in results:
+        by_stage.setdefault(result.stage, []).append(result)
+    records = []
+    for stage, runs in by_stage.items():
+        ok = [r for r in runs if r.status == "ok" and r.metrics is not None]
+        metrics: dict[str, MetricNoise] = {}
+        for name in NOISE_METRICS:
+            key = METRICS[name].key
+            values = [getattr(r.metrics, key) for r in ok]
+            within = [r.metrics.step_time_ci95_pct for r in ok] if name == "step_time_ms" else None
+            noise = metric_noise(values, within)
+            if noise is not None:
+                metrics[name] = noise
+        first = runs[0]
+        records.append(
+            StageNoise(
+                machine=machine,
+                stage=stage,
+                asv_class=f"stages.{class_name_of(first)}",
+                spec=first.spec,
+                shape=shape_name(Workload.from_dict(first.workload)),
+                protocol=PROTOCOL_VERSION,
+                runs=len(ok),
+                metrics=metrics,
+                date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                commit=(first.env or {}).get("commit"),
+                packages=dict((ok[0].env if ok else first.env or {}).get("packages") or {}),
+                failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
+            )
+        )
+    return records
+
+
+def append(results_dir: Path, records: Iterable[StageNoise]) -> Path:
+    """Append records to the results directory's noise log through the Result store's append
+    (checked writes, fsync, no torn line on a full disk)."""
+    from stagebench.results import append_line
+
+    path = Path(results_dir) / LOG_NAME
+    for record in records:
+        append_line(path, json.dumps(record.to_dict(), sort_keys=True))
+    return path
+
+
+def load(results_dir: Path) -> list[StageNoise]:
+    """Every readable record, oldest first; an unreadable line is skipped with a warning."""
+    path = Path(results_dir) / LOG_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(StageNoise.from_dict(json.loads(line.decode("utf-8-sig"))))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            warnings.warn(f"{path}:{number}: skipped unreadable noise record ({exc})", stacklevel=2)
+    return records
+
+
+def priors(records: Iterable[StageNoise], machine: str) -> dict[tuple[str, str], judge.Prior]:
+    """{(asv class, family): the newest prior} for `machine` under this protocol. Each family
+    takes its lead's noise: TFLOPS, tokens/s and both MFUs are computed from the median step
+    time, so their log-scale spread is the step time's."""
+    found: dict[tuple[str, str], judge.Prior] = {}
+    for record in records:  # oldest first: a newer measurement replaces an older one
+        if record.machine != machine or record.protocol != PROTOCOL_VERSION:
+            continue
+        for name, noise in record.metrics.items():
+            if noise.df < 1 or not math.isfinite(noise.sigma_pct) or noise.sigma_pct < 0:
+                continue  # a hand-edited or truncated record: no threshold from it
+            found[(record.asv_class, family_of(name))] = judge.Prior(
+                sigma=noise.sigma_log,
+                df=noise.df,
+                source=f"{record.runs} separate runs of {record.date[:10] or 'an earlier day'}",
+            )
+    return found
+
+
+def measure(
+    stage_list: list[Any],
+    workload: Any,
+    runs: int,
+    *,
+    store: Path | None = None,
+    log_dir: Path | None = None,
+    on_result: Any = None,
+) -> list[Any]:
+    """Run every stage `runs` times, each run its own process, round by round; every Result
+    goes to `store` as it ends (run_matrix's guarantees). Returns the Results."""
+    from stagebench.matrix import run_matrix
+
+    done = []
+    for _ in range(runs):
+        done += run_matrix(stage_list, workload, store=store, log_dir=log_dir, on_result=on_result)
+    return done
+
+
+def table_rows(records: Iterable[StageNoise]) -> list[list[str]]:
+    """For people: stage, runs, step-time spread and MDE, within-run CI, first step, memory."""
+
+    def pct(noise: MetricNoise | None, attr: str) -> str:
+        value = None if noise is None else getattr(noise, attr)
+        return "-" if value is None else f"{value:.2f}%"
+
+    rows = []
+    for r in records:
+        step = r.metrics.get("step_time_ms")
+        first = r.metrics.get("first_step_s")
+        memory = r.metrics.get("peak_reserved_gib")
+        median = "-" if step is None else f"{statistics.median(step.values):.1f}"
+        rows.append(
+            [
+                r.stage,
+                str(r.runs) + (f" (+{len(r.failed)} failed)" if r.failed else ""),
+                median,
+                pct(step, "sigma_pct"),
+                pct(step, "mde_pct"),
+                pct(step, "within_ci_pct"),
+                pct(first, "sigma_pct"),
+                pct(memory, "sigma_pct"),
+            ]
+        )
+    return rows
+
+
+TABLE_HEADER = [
+    "stage",
+    "runs",
+    "step ms (median)",
+    "run-to-run sigma",
+    "MDE95",
+    "within-run CI",
+    "first step sigma",
+    "memory sigma",
+]

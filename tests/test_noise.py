@@ -1,0 +1,182 @@
+"""Run-to-run noise records, the MDE, and the judge following each stage's own noise."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+from stagebench import PROTOCOL_VERSION, cli, judge, noise, regress
+from stagebench.results import Metrics, Result
+from stagebench.workload import Workload
+from tests.asv_history import MACHINE, STAGE, STEP_TIME, noisy, speed_family, write_history
+
+
+def _record(sigma_pct: float, *, machine: str = MACHINE, date: str = "2026-12-01", runs=5):
+    values = [100 * math.exp(math.log1p(sigma_pct / 100) * z) for z in (-1, -0.5, 0, 0.5, 1)]
+    step = noise.metric_noise(values[:runs])
+    return noise.StageNoise(
+        machine=machine,
+        stage="00_sdpa",
+        asv_class=STAGE,
+        spec="sdpa",
+        shape="b1x2048",
+        protocol=PROTOCOL_VERSION,
+        runs=runs,
+        metrics={"step_time_ms": step},
+        date=date,
+    )
+
+
+def test_spread_and_mde_of_per_process_values():
+    values = [300.0, 303.0, 297.0, 301.5, 298.5]
+    got = noise.metric_noise(values, within=[0.4, 0.6, None])
+    sigma = statistics.stdev(math.log(v) for v in values)
+    assert got.df == 4
+    assert got.sigma_pct == pytest.approx(100 * math.expm1(sigma))
+    assert got.mde_pct == pytest.approx(100 * math.expm1(1.959964 * math.sqrt(2) * sigma))
+    assert got.within_ci_pct == pytest.approx(0.5)
+    assert noise.metric_noise([300.0, 301.0]) is None  # two runs are no spread
+    assert noise.metric_noise([300.0, None, 0.0, 301.0]) is None  # only positive values count
+
+
+def _result(stage: str, status: str, step_ms: float, first_s: float = 2.0) -> Result:
+    workload = Workload(model="tiny", device="cpu", batch_size=2, seq_len=64)
+    metrics = None
+    if status == "ok":
+        metrics = Metrics(
+            measured_steps=20, warmup_steps=3, step_time_ms_median=step_ms, step_time_ms_iqr=1.0,
+            step_time_ms_min=step_ms - 1, step_time_ms_max=step_ms + 1, step_time_ci95_pct=0.5,
+            tokens_per_step=128, tokens_per_s=1.0, flops_per_token=1.0, tflops=1.0, mfu_pct=None,
+            mfu_reason=None, seed_flops_per_token=1.0, seed_tflops=1.0, seed_mfu_pct=None,
+            seed_peak_window_mfu_pct=None, first_step_s=first_s, model_init_s=0.1, loss_first=1.0,
+            loss_last=1.0, grad_norm_first=1.0, peak_allocated_gib=None, peak_reserved_gib=None,
+            n_params=1, attention_impl="sdpa",
+        )  # fmt: skip
+    return Result(
+        stage=stage,
+        spec="sdpa",
+        status=status,
+        reason=None if status == "ok" else "planted",
+        model="tiny",
+        workload=workload.to_dict(),
+        metrics=metrics,
+        env={"commit": "abc", "packages": {"torch": "2.13.0"}},
+    )
+
+
+def test_summarize_keeps_ok_runs_and_names_the_failed_ones():
+    runs = [_result("00_sdpa", "ok", v) for v in (100.0, 101.0, 99.0, 100.5)]
+    runs.append(_result("00_sdpa", "oom", 0.0))
+    (record,) = noise.summarize(runs, "cpu-x2")
+    assert record.asv_class == "stages.Stage_00_sdpa"
+    assert record.runs == 4 and record.failed == ["oom: planted"]
+    assert record.metrics["step_time_ms"].values == [100.0, 101.0, 99.0, 100.5]
+    assert "peak_reserved_gib" not in record.metrics  # not measured on a CPU: no spread
+    assert record.protocol == PROTOCOL_VERSION and record.packages == {"torch": "2.13.0"}
+
+
+def test_records_round_trip_and_a_bad_line_is_skipped(tmp_path):
+    noise.append(tmp_path, [_record(0.2)])
+    with (tmp_path / noise.LOG_NAME).open("ab") as f:
+        f.write(b'{"torn": \n\xff\xfe\n')
+    noise.append(tmp_path, [_record(0.4, date="2026-12-02")])
+    with pytest.warns(UserWarning, match="skipped unreadable noise record"):
+        records = noise.load(tmp_path)
+    assert [r.date for r in records] == ["2026-12-01", "2026-12-02"]
+    assert records[0] == _record(0.2)
+
+
+def test_priors_newest_wins_per_machine_and_protocol():
+    old, new = _record(0.2), _record(0.4, date="2026-12-02")
+    other = _record(5.0, machine="another")
+    stale = noise.StageNoise(**{**_record(9.0).__dict__, "protocol": PROTOCOL_VERSION - 1})
+    got = noise.priors([old, new, other, stale], MACHINE)
+    prior = got[(STAGE, "speed")]
+    assert prior.sigma == pytest.approx(math.log1p(new.metrics["step_time_ms"].sigma_pct / 100))
+    assert prior.df == 4 and "5 separate runs of 2026-12-02" in prior.source
+    assert noise.priors([other], MACHINE) == {}
+
+
+def test_a_quiet_stage_shows_half_a_percent_that_the_default_floor_hides():
+    prior = judge.Prior(sigma=math.log1p(0.0008), df=4, source="5 separate runs")
+    before = noisy(1, 12, 240.0, 0.0008)
+    after = [v * 1.006 for v in noisy(2, 1, 240.0, 0.0008)]
+    assert judge.latest([*before, *after], worse=1).verdict == judge.SAME  # 1% floor
+    judged = judge.latest([*before, *after], worse=1, prior=prior)
+    assert judged.verdict == judge.REGRESSED
+    assert judged.bar_pct < 1.0
+
+
+def test_a_noisy_stage_is_not_alarmed_by_a_lucky_quiet_stretch():
+    # Four nights that happen to agree closely, then an ordinary Liger-like wobble of 4%.
+    values = [300.0, 300.3, 299.8, 300.1, 312.0]
+    assert judge.latest(values, worse=1).verdict == judge.REGRESSED  # history alone: fooled
+    prior = judge.Prior(sigma=math.log1p(0.04), df=4, source="5 separate runs")
+    assert judge.latest(values, worse=1, prior=prior).verdict == judge.SAME
+    level = judge.compare_levels(values[:4], values[4:], 1, prior=prior)
+    assert level.verdict == judge.SAME and "separate runs" in level.reason
+
+
+def test_two_nights_can_be_judged_with_measured_noise():
+    prior = judge.Prior(sigma=math.log1p(0.002), df=4, source="5 separate runs")
+    assert judge.latest([240.0, 260.0], worse=1).verdict == judge.UNJUDGED
+    judged = judge.latest([240.0, 260.0], worse=1, prior=prior)
+    assert judged.verdict == judge.REGRESSED and judged.first_bad == 1
+    assert judge.latest([240.0, 240.5], worse=1, prior=prior).verdict == judge.SAME
+
+
+def test_regressions_read_the_noise_kept_with_the_history(tmp_path):
+    steps = [*noisy(3, 8, 240.0, 0.0008), *[v * 1.006 for v in noisy(4, 1, 240.0, 0.0008)]]
+    write_history(tmp_path, speed_family(steps))
+    assert not regress.check(tmp_path).regressions  # 0.6% is under the default 1% floor
+    noise.append(tmp_path, [_record(0.08)])
+    (finding,) = regress.check(tmp_path).regressions
+    assert finding.benchmark == STEP_TIME and finding.new
+    assert "separate runs" in (finding.judgement.reason or "")
+    assert finding.prior is not None
+    # The nightly's confirmation re-run is judged by the same threshold.
+    assert regress.confirm(finding, steps[-1]).confirmed
+    assert not regress.confirm(finding, steps[0]).confirmed
+
+
+def test_cli_show_prints_the_recorded_table(tmp_path, capsys):
+    noise.append(tmp_path, [_record(0.3)])
+    assert cli.main(["noise", "--show", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "00_sdpa" in out and "MDE95" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["noise", "00_sdpa", "--runs", "2"], 2, "--runs 2: at least 3"),
+        (["noise", "--show", "--results", "{tmp}/none"], 3, "no noise records"),
+        (["noise", "--show", "--results", "{tmp}/file"], 2, "is not a directory"),
+        (["noise", "00_sdpa", "--subset", "cpu"], 2, "not both"),
+        (["noise", "no_such_stage"], 2, "no_such_stage"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, capsys, args, code, message):
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_measured_on_cpu_end_to_end(tmp_path, capsys):
+    """Real processes: three runs of a short CPU stage, a record the judge can read."""
+    argv = [
+        "noise", "00_sdpa", "--runs", "3", "--device", "cpu", "--model", "tiny",
+        "--seq-len", "32", "--min-steps", "3", "--max-steps", "5", "--results", str(tmp_path),
+        "--jsonl", str(tmp_path / "runs.jsonl"),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    (record,) = noise.load(tmp_path)
+    assert record.runs == 3 and len(record.metrics["step_time_ms"].values) == 3
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["status"] == "ok" for line in lines)
+    assert (STAGE, "speed") in noise.priors([record], record.machine)
