@@ -9,7 +9,7 @@ import re
 from asv_history import FIRST_STEP, MEMORY, MFU, OK, STEP_TIME, write_history
 from test_compare import _result
 
-from stagebench import frontpage, results, site
+from stagebench import PROTOCOL_VERSION, frontpage, noise, results, site
 
 SEED_MFU = "stages.Stage_00_sdpa.track_seed_mfu"
 
@@ -65,6 +65,35 @@ def test_a_failed_stage_is_explained_in_its_row(tmp_path):
     page, _ = frontpage.render(tmp_path)
     assert _cells(page, "00_sdpa")[0] == "oom"
     assert "<b>oom</b>: CUDA out of memory (x)" in page
+
+
+def test_a_compiled_stage_that_fell_back_is_marked_and_explained(tmp_path):
+    hashes = _history(tmp_path, [300.0, 301.0, 299.0, 300.0])
+    result = _result("00_sdpa")
+    result.metrics.compile = results.CompileMetrics(
+        graphs=43, graph_breaks=38, recompiles=36, eager_frames=0,
+        break_reasons={"Data-dependent branching": 36},
+    )  # fmt: skip
+    result.env = {"commit": hashes[-1]}
+    results.append(tmp_path / "stagebench-results.jsonl", result)
+    page, _ = frontpage.render(tmp_path)
+    assert _cells(page, "00_sdpa")[0] == "ok*"
+    assert "compile: 38 graph break(s) (36x Data-dependent branching)" in page
+
+
+def test_the_noise_column_gives_the_measured_mde(tmp_path):
+    hashes = _history(tmp_path, [300.0, 301.0, 299.0, 300.5, 300.0])
+    _store(tmp_path, hashes[-1])
+    page, _ = frontpage.render(tmp_path)
+    assert "MDE" not in _cells(page, "00_sdpa")[8]
+    step = noise.metric_noise([300.0, 303.0, 297.0, 301.5, 298.5])
+    record = noise.StageNoise(
+        machine="h100", stage="00_sdpa", asv_class="stages.Stage_00_sdpa", spec="sdpa",
+        shape="b1x2048", protocol=PROTOCOL_VERSION, runs=5, metrics={"step_time_ms": step},
+    )  # fmt: skip
+    noise.append(tmp_path, [record])
+    page, _ = frontpage.render(tmp_path)
+    assert _cells(page, "00_sdpa")[8] == f"±{step.sigma_pct:.1f}% (MDE {step.mde_pct:.1f}%)"
 
 
 def test_a_pinned_baseline_moves_the_baseline_column(tmp_path):

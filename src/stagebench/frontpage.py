@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stagebench import judge, results
+from stagebench import judge, noise, results
 from stagebench.history import Point, Source, git_order, load
 from stagebench.machine import read_log
 from stagebench.metrics import OK_METRIC, metric_of, stage_class_of
@@ -47,6 +47,7 @@ class Row:
     vs_baseline_pct: float | None
     noise_pct: float | None
     verdict: str  # regressed, improved, same, unjudged
+    mde_pct: float | None = None  # from the stage's noise measured over separate processes
     bisect: str | None = None
     result_link: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -86,6 +87,7 @@ def rows_for(
     baseline: str | None,
     stored: dict[str, tuple[str, results.Result]],
     findings: dict[str, object],
+    priors: dict[tuple[str, str], judge.Prior] | None = None,
 ) -> list[Row]:
     by_class: dict[str, dict[str, list[Point]]] = {}
     for name, points in series.items():
@@ -104,10 +106,13 @@ def rows_for(
         lead = metrics.get("step_time_ms", [])
         measured = [float(p.value) for p in lead if p.value is not None]
         noise = None
+        prior = (priors or {}).get((asv_class, "speed"))
         if len(measured) >= judge.MIN_BASELINE + 1:
-            level = judge.baseline_at(measured[:-1], len(measured) - 2)
+            level = judge.baseline_at(measured[:-1], len(measured) - 2, prior)
             sigma, df = judge.spread([math.log(v) for v in level if v > 0])
             noise = 100 * math.expm1(sigma) if df else None
+        if prior is not None:  # the judge's floor: the larger of the history's and the measured
+            noise = max(noise or 0.0, 100 * math.expm1(prior.sigma))
         finding = findings.get(asv_class)
         rows.append(
             Row(
@@ -129,6 +134,7 @@ def rows_for(
                 if finding
                 else "same",
                 bisect=getattr(finding, "bisect", None),
+                mde_pct=None if prior is None else 100 * math.expm1(prior.mde),
                 result_link=f"results/{asv_class.removeprefix('stages.')}.json" if here else None,
                 notes=_notes(result) if here else [],
             )
@@ -140,7 +146,7 @@ def _notes(result: results.Result) -> list[str]:
     m = result.metrics
     if m is None or m.compile is None or not m.compile.fell_back:
         return []
-    return [f"compile: {m.compile.describe()}"]
+    return [f"compile: {m.compile.summary()}"]
 
 
 def _sparkline(values: list[float], higher_is_better: bool) -> str:
@@ -182,6 +188,8 @@ def _row_html(row: Row) -> str:
             f'<td class="num"><a href="{e(graph)}">{_num(row.values[metric], digits)}</a></td>'
         )
     noise = "-" if row.noise_pct is None else f"±{row.noise_pct:.1f}%"
+    if row.mde_pct is not None:
+        noise += f" (MDE {row.mde_pct:.1f}%)"
     cells += [
         f'<td class="num change {e(row.verdict)}">{_change(row.vs_previous_pct)}</td>',
         f'<td class="num">{_change(row.vs_baseline_pct)}</td>',
@@ -289,6 +297,7 @@ def render(
     except regress.CannotJudge:
         found = {}
     log = read_log(results_dir)
+    records = noise.load(results_dir)
     sections, files = [], {}
     rank = {c: i for i, c in enumerate(order or ())}
     for source, series in sorted(history.series.items()):
@@ -299,7 +308,8 @@ def render(
         previous = commits[-2][2] if len(commits) > 1 else None
         pinned = baseline if baseline else commits[0][2]
         mine = {c: f for c, f in found.items() if f.machine == source.machine}
-        rows = rows_for(series, latest, previous, pinned, stored, mine)
+        priors = noise.priors(records, source.machine)
+        rows = rows_for(series, latest, previous, pinned, stored, mine, priors)
         facts = next(
             (e.get("facts", {}) for e in reversed(log) if e.get("machine") == source.machine), {}
         )
@@ -314,8 +324,9 @@ def render(
         "MFU % and TFLOPS: the seed's formula (6N + attention, against 989 TFLOPS), from the "
         "median step; model MFU %: counted matmul FLOPs against the device's peak. Changes "
         "are of the median step time (lower is better); noise: one night's spread at the "
-        "current level, by the judge. Each number links to its graph; * marks a compiled "
-        "stage with graph breaks."
+        "current level, by the judge, and the MDE (smallest change two nights can show at 95%) "
+        "where the stage's noise was measured over separate processes. Each number links to "
+        "its graph; * marks a compiled stage with graph breaks."
     )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
