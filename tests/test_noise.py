@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from stagebench import PROTOCOL_VERSION, cli, judge, noise, regress
+from stagebench import PROTOCOL_VERSION, cli, compare, judge, noise, regress
 from stagebench.results import Metrics, Result
 from stagebench.workload import Workload
 from tests.asv_history import MACHINE, STAGE, STEP_TIME, noisy, speed_family, write_history
@@ -180,3 +180,14 @@ def test_measured_on_cpu_end_to_end(tmp_path, capsys):
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line)["status"] == "ok" for line in lines)
     assert (STAGE, "speed") in noise.priors([record], record.machine)
+
+
+def test_compare_of_two_commits_uses_the_measured_noise(tmp_path):
+    steps = [*noisy(5, 8, 240.0, 0.0008), 241.5]
+    hashes = write_history(tmp_path, speed_family(steps))
+    rows = {r.metric: r for r in compare.commits(tmp_path, hashes[-2], hashes[-1])}
+    assert rows["step_time_ms"].verdict == "same"  # 0.6%: under the 1% every stage gets
+    noise.append(tmp_path, [_record(0.08)])
+    rows = {r.metric: r for r in compare.commits(tmp_path, hashes[-2], hashes[-1])}
+    assert rows["step_time_ms"].verdict == "regressed"
+    assert "separate runs" in rows["step_time_ms"].note

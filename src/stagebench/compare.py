@@ -16,9 +16,17 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stagebench import judge, results
+from stagebench import judge, noise, results
 from stagebench.history import CannotJudge, HistoryError, load
-from stagebench.metrics import FAMILY_LEAD, METRICS, OK_METRIC, family_of, metric_of, worse_sign
+from stagebench.metrics import (
+    FAMILY_LEAD,
+    METRICS,
+    OK_METRIC,
+    family_of,
+    metric_of,
+    stage_class_of,
+    worse_sign,
+)
 from stagebench.regress import finite
 
 # What must agree for two Results to be the same measurement.
@@ -102,7 +110,9 @@ def commits(
     ca, cb = resolve_commit(a, known), resolve_commit(b, known)
     rows: list[Row] = []
     several = len(history.series) > 1
+    records = noise.load(results_dir)
     for source, series in sorted(history.series.items()):
+        priors = noise.priors(records, source.machine)
         for name, points in sorted(series.items()):
             # Each machine and environment is judged on its own; the row says which.
             benchmark = f"[{source.machine} {source.env}] {name}" if several else name
@@ -124,9 +134,13 @@ def commits(
                 continue
             measured = [p for p in points if p.value is not None]
             index = next(i for i, p in enumerate(measured) if p.commit == ca)
-            baseline = judge.baseline_at([float(p.value) for p in measured], index)
-            j = judge.compare_levels(baseline, [float(vb)], worse, allow_noise_after=False)
-            rows.append(_row(benchmark, metric, j, f"{a} level: {len(baseline)} point(s)"))
+            prior = priors.get((stage_class_of(name), family_of(metric)))
+            baseline = judge.baseline_at([float(p.value) for p in measured], index, prior)
+            j = judge.compare_levels(
+                baseline, [float(vb)], worse, allow_noise_after=False, prior=prior
+            )
+            note = f"{a} level: {len(baseline)} point(s)" + (f"; {j.reason}" if j.reason else "")
+            rows.append(_row(benchmark, metric, j, note))
     if not rows:
         raise CannotJudge(f"no benchmark has results at both {a} and {b}")
     return _mark_derived(rows)
