@@ -24,7 +24,7 @@ MODULE = "stagebench_test_plant"
 VERSIONS = ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0")
 SLOW_FROM = "1.3.0"
 BROKEN = "1.2.0"
-SLEEP_S = 0.12
+SLEEP_S = 0.2
 MODE_ENV = "STAGEBENCH_TEST_PLANT"
 
 _MODULE = '''"""FAKE package for stagebench's tests ({version}): not a real library."""

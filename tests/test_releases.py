@@ -48,8 +48,16 @@ def test_a_wheel_directory_lists_the_installable_releases_oldest_first(wheel_dir
 def test_sdists_and_pre_releases_count_when_asked(wheel_dir):
     source = Source(find_links=wheel_dir)
     rng = releases.between(plant.NAME, "1.0.0", "1.5.0", source, pre=True, allow_sdist=True)
-    assert _versions(rng) == ["1.0.0", "1.1.0", "1.1.5", "1.2.0", "1.3.0", "1.4.0rc1", "1.4.0",
-                              "1.5.0"]  # fmt: skip
+    assert _versions(rng) == [
+        "1.0.0",
+        "1.1.0",
+        "1.1.5",
+        "1.2.0",
+        "1.3.0",
+        "1.4.0rc1",
+        "1.4.0",
+        "1.5.0",
+    ]
     assert rng.candidates[2].how == "sdist"
     # An endpoint that is a pre-release brings the others in.
     assert "1.4.0rc1" in _versions(releases.between(plant.NAME, "1.3.0", "1.4.0rc1", source))
@@ -84,8 +92,13 @@ def test_a_directory_without_the_package_says_how_files_are_named(tmp_path):
 
 # A simple index in a thread ------------------------------------------------------------------
 
-NIGHTLIES = ["2.10.0.dev20250830", "2.10.0.dev20250901", "2.10.0.dev20250903",
-             "2.10.0.dev20250905", "2.10.0.dev20250910"]  # fmt: skip
+NIGHTLIES = [
+    "2.10.0.dev20250830",
+    "2.10.0.dev20250901",
+    "2.10.0.dev20250903",
+    "2.10.0.dev20250905",
+    "2.10.0.dev20250910",
+]
 
 
 def _json_files() -> list[dict]:
@@ -110,8 +123,9 @@ _HTML = """<!DOCTYPE html><html><body>
 class _Index(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/json/torchy/":
-            body = json.dumps({"meta": {"api-version": "1.1"}, "name": "torchy",
-                               "files": _json_files()}).encode()  # fmt: skip
+            body = json.dumps(
+                {"meta": {"api-version": "1.1"}, "name": "torchy", "files": _json_files()}
+            ).encode()
             kind = "application/vnd.pypi.simple.v1+json"
         elif self.path == "/html/torchy/":
             body, kind = _HTML.encode(), "text/html"
