@@ -150,7 +150,8 @@ def test_good_and_bad_that_measure_the_same_name_no_culprit():
     assert measure.measured == ["1.0", "1.5"]
     both_fail = FakeMeasure({"1.0": _trial("error"), "1.5": _trial("error")})
     outcome = depbisect.bisect_releases(_range(*VERSIONS), both_fail, STEP)
-    assert outcome.exit_code == 3 and "both fail" in outcome.message
+    assert outcome.exit_code == 3
+    assert outcome.message.startswith("GOOD and BAD cannot be compared: nothing to bisect (both")
 
 
 def test_an_incompatible_endpoint_cannot_be_bisected_from():
@@ -259,7 +260,7 @@ def test_a_lock_bump_names_the_package_alone_then_its_release(tmp_path):
             "0.7.1": _trial(value=31.0),
         },
     )
-    assert warnings == ["the base stands for OLD, but transformers 5.0.0 here, OLD pins 5.1.0"]
+    assert warnings == ["the base stands for OLD, but here: transformers 5.0.0 (OLD pins 5.1.0)"]
     assert outcome.culprits == ["liger-kernel 0.6.4 -> 0.8.0"]
     assert (outcome.package, outcome.first, outcome.last) == ("liger-kernel", "0.7.0", "0.6.4")
     assert "first bad: liger-kernel 0.7.0 (last good 0.6.4)" in outcome.message

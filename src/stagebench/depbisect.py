@@ -86,6 +86,7 @@ class Change:
     direction: str | None  # regression, improvement, or None: the same / cannot judge
     by: str  # "status" or the metric's name
     text: str  # one line for people
+    judged: bool = True  # False: nothing to compare (both failed, a value missing)
 
 
 @dataclass
@@ -127,11 +128,13 @@ def judge_pair(before: Trial, after: Trial, metric: Metric) -> Change:
             None,
             "status",
             f"both fail ({before.status}, {after.status}): no {metric.name} to compare",
+            judged=False,
         )
     if before.value is None or after.value is None:
-        return Change(None, metric.name, f"{metric.name} not measured on both sides")
+        text = f"{metric.name} not measured on both sides"
+        return Change(None, metric.name, text, judged=False)
     cis = (before.ci_pct, after.ci_pct)
-    noise = sum(cis) if metric.family == "speed" and None not in cis else None  # type: ignore[arg-type]
+    noise = sum(cis) if metric.family == "speed" and None not in cis else None
     j = judge.compare_runs(before.value, after.value, metric.worse, noise)
     change = "" if j.change_pct is None else f" ({j.change_pct:+.1f}%"
     bar = f", bar {j.bar_pct:.1f}%" if j.bar_pct is not None else ""
@@ -270,7 +273,8 @@ def bisect_releases(
             )
     change = judge_pair(good, bad, metric)
     if change.direction is None:
-        message = f"GOOD and BAD measure the same: nothing to bisect ({change.text})"
+        same = "measure the same" if change.judged else "cannot be compared"
+        message = f"GOOD and BAD {same}: nothing to bisect ({change.text})"
         for t in (good, bad):
             t.verdict = GOOD
         return _cannot(package, good_v, bad_v, stage, metric.name, message, trials, change)
@@ -353,7 +357,8 @@ def parse_lock(path: Path) -> dict[str, str]:
     except OSError as exc:
         raise LockError(f"cannot read {path}: {exc.strerror or exc}") from None
     pins: dict[str, str] = {}
-    for number, line in enumerate(text.replace("\\\n", " ").splitlines(), start=1):
+    joined = text.replace("\r\n", "\n").replace("\\\n", " ")  # continuation lines
+    for line in joined.splitlines():
         line = line.split(" #", 1)[0].strip()
         if not line or line.startswith(("#", "-")):
             continue
@@ -361,7 +366,7 @@ def parse_lock(path: Path) -> dict[str, str]:
         try:
             req = Requirement(spec)
         except InvalidRequirement as exc:
-            raise LockError(f"{path}:{number}: not a requirement ({exc})") from None
+            raise LockError(f"{path}: {spec!r} is not a requirement ({exc})") from None
         if req.marker and not req.marker.evaluate():
             continue
         name = canonicalize_name(req.name)
@@ -389,7 +394,7 @@ def base_differences(old: dict[str, str], base: dict[str, str]) -> list[str]:
         except (InvalidVersion, ValueError):
             same = have == pinned
         if not same:
-            lines.append(f"{name} {have} here, OLD pins {pinned}")
+            lines.append(f"{name} {have} (OLD pins {pinned})")
     return lines
 
 
@@ -446,8 +451,9 @@ def bisect_lock(
             f"pinned in OLD but not installed here: {', '.join(missing)}; the base environment "
             "stands for OLD, so install OLD's pins first"
         )
-    for line in base_differences(old, base_packages):
-        warn(f"the base stands for OLD, but {line}")
+    differences = base_differences(old, base_packages)
+    if differences:
+        warn(f"the base stands for OLD, but here: {'; '.join(differences)}")
     testable = [c for c in changes if c.testable is None]
     outcome = Outcome("", str(old_lock), str(new_lock), stage, metric.name, EXIT_CANNOT_JUDGE, "")
     outcome.notes += [f"{c}: not tried ({c.testable})" for c in changes if c.testable]
@@ -468,6 +474,8 @@ def bisect_lock(
         else:
             change = judge_pair(base, trial, metric)
             trial.verdict = BAD if change.direction == REGRESSION else GOOD
+            if not change.judged:
+                trial.verdict = SKIPPED
             trial.note = change.text
             if change.direction == REGRESSION:
                 alone[c.name] = (c, trial)
@@ -651,7 +659,9 @@ def rows(outcome: Outcome) -> list[list[str]]:
 
 
 def columns(outcome: Outcome) -> list[str]:
-    return [c.format(metric=outcome.metric) for c in COLUMNS]
+    speed = METRICS[outcome.metric].family == "speed"  # with its run's 95% CI half-width
+    metric = f"{outcome.metric} ±CI95" if speed else outcome.metric
+    return [c.format(metric=metric) for c in COLUMNS]
 
 
 def summary_lines(outcome: Outcome) -> list[str]:
