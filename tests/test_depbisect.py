@@ -75,7 +75,7 @@ def _range(*versions: str, skipped: tuple[str, ...] = ()) -> Range:
     return Range("pkg", [release(v) for v in versions], held)
 
 
-def _trial(status: str = "ok", value: float | None = 10.0, ci: float = 2.0, **kw) -> Trial:
+def _trial(status: str = "ok", value: float | None = 10.0, ci: float | None = 2.0, **kw) -> Trial:
     reason = None if status in ("ok", INCOMPATIBLE) else f"{status} reason"
     reason = kw.pop("reason", reason)
     return Trial("", "", status, reason, value if status == "ok" else None, ci, **kw)
@@ -148,6 +148,9 @@ def test_good_and_bad_that_measure_the_same_name_no_culprit():
     assert outcome.message.startswith("GOOD and BAD measure the same: nothing to bisect")
     assert "bar 16.0%" in outcome.message  # the two runs' own CIs, added
     assert measure.measured == ["1.0", "1.5"]
+    no_ci = FakeMeasure({"1.0": _trial(value=10.0, ci=None), "1.5": _trial(value=90.0)})
+    outcome = depbisect.bisect_releases(_range(*VERSIONS), no_ci, STEP)
+    assert outcome.exit_code == 3 and "no confidence interval" in outcome.message
     both_fail = FakeMeasure({"1.0": _trial("error"), "1.5": _trial("error")})
     outcome = depbisect.bisect_releases(_range(*VERSIONS), both_fail, STEP)
     assert outcome.exit_code == 3

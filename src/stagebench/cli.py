@@ -161,7 +161,12 @@ def _bisect_release_args(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="overlay cache (default: ~/.cache/stagebench/overlays)",
     )
-    p.add_argument("--format", choices=["table", "md", "json"], default="table")
+    p.add_argument(
+        "--format",
+        choices=["table", "md", "markdown", "json"],
+        default="table",
+        help="a table for people (default), markdown for a job summary, or JSON",
+    )
     _workload_args(p)
 
 
@@ -460,11 +465,12 @@ def _bisect_release(args: argparse.Namespace, console: Console) -> int:
         )
     stage = resolve_stages([args.stage])[0]
     metric = METRICS[args.metric]
-    source = releases.Source(
-        index_url=(args.index_url or releases.PYPI).rstrip("/"), find_links=args.find_links
-    )
     if args.find_links is not None and not args.find_links.is_dir():
         raise BadInput(f"--find-links {args.find_links} is not a directory")
+    source = releases.Source(
+        index_url=(args.index_url or releases.PYPI).rstrip("/"),
+        find_links=args.find_links.resolve() if args.find_links else None,
+    )
     workload = workload_from(args)
     _check_store(args.jsonl)
     _check_log_dir(args.log_dir)
@@ -524,7 +530,7 @@ def _bisect_release(args: argparse.Namespace, console: Console) -> int:
         return exc.exit_code
     if args.format == "json":
         print(depbisect.to_json(outcome))
-    elif args.format == "md":
+    elif args.format in ("md", "markdown"):
         print(depbisect.to_markdown(outcome))
     else:
         from stagebench.report import plain_table

@@ -133,8 +133,12 @@ def judge_pair(before: Trial, after: Trial, metric: Metric) -> Change:
     if before.value is None or after.value is None:
         text = f"{metric.name} not measured on both sides"
         return Change(None, metric.name, text, judged=False)
-    cis = (before.ci_pct, after.ci_pct)
-    noise = sum(cis) if metric.family == "speed" and None not in cis else None
+    noise = None
+    if metric.family == "speed":  # the two runs' own 95% CI half-widths, added (compare.py)
+        if before.ci_pct is None or after.ci_pct is None:
+            text = f"{metric.name}: no confidence interval (under 6 measured steps; --min-steps)"
+            return Change(None, metric.name, text, judged=False)
+        noise = before.ci_pct + after.ci_pct
     j = judge.compare_runs(before.value, after.value, metric.worse, noise)
     change = "" if j.change_pct is None else f" ({j.change_pct:+.1f}%"
     bar = f", bar {j.bar_pct:.1f}%" if j.bar_pct is not None else ""
@@ -206,29 +210,6 @@ def _measured(trial: Trial, package: str, version: str) -> Trial:
     return trial
 
 
-def _cannot(
-    rng_package: str,
-    good: str,
-    bad: str,
-    stage: str,
-    metric: str,
-    message: str,
-    trials: list[Trial],
-    change: Change | None = None,
-) -> Outcome:
-    return Outcome(
-        rng_package,
-        good,
-        bad,
-        stage,
-        metric,
-        EXIT_CANNOT_JUDGE,
-        message,
-        change=change,
-        trials=trials,
-    )
-
-
 def bisect_releases(
     rng: Range,
     measure: Measure,
@@ -244,6 +225,10 @@ def bisect_releases(
     good_v, bad_v = str(rng.good.version), str(rng.bad.version)
     known = known or {}
     trials: list[Trial] = []
+
+    def outcome(exit_code: int, message: str, change: Change | None = None) -> Outcome:
+        ends = (package, good_v, bad_v, stage, metric.name)
+        return Outcome(*ends, exit_code, message, change=change, trials=trials)
 
     def run(i: int) -> Trial:
         version = str(cands[i].version)
@@ -261,23 +246,15 @@ def bisect_releases(
     good, bad = run(0), run(len(cands) - 1)
     for end, trial in (("GOOD", good), ("BAD", bad)):
         if trial.status == INCOMPATIBLE:
-            return _cannot(
-                package,
-                good_v,
-                bad_v,
-                stage,
-                metric.name,
-                f"{end} {trial.label} is incompatible here ({trial.reason}): "
-                "nothing to bisect from; choose another endpoint",
-                trials,
-            )
+            why = f"{end} {trial.label} is incompatible here ({trial.reason}): nothing to bisect"
+            return outcome(EXIT_CANNOT_JUDGE, f"{why} from; choose another endpoint")
     change = judge_pair(good, bad, metric)
     if change.direction is None:
         same = "measure the same" if change.judged else "cannot be compared"
         message = f"GOOD and BAD {same}: nothing to bisect ({change.text})"
-        for t in (good, bad):
-            t.verdict = GOOD
-        return _cannot(package, good_v, bad_v, stage, metric.name, message, trials, change)
+        if change.judged:  # BAD is no worse than GOOD: both good
+            good.verdict = bad.verdict = GOOD
+        return outcome(EXIT_CANNOT_JUDGE, message, change)
     old, new = (GOOD, BAD) if change.direction == REGRESSION else (BAD, GOOD)
     good.verdict, bad.verdict = old, new
 
@@ -311,32 +288,23 @@ def bisect_releases(
         )
     else:
         message = f"first good: {package} {first.version} (last bad {last.version}): an improvement"
-    outcome = Outcome(
-        package,
-        good_v,
-        bad_v,
-        stage,
-        metric.name,
-        EXIT_CULPRIT,
-        message,
-        change=change,
-        first=str(first.version),
-        last=str(last.version),
-        between=sorted(between, key=lambda s: Version(s.split()[0])),
-        trials=trials,
-    )
-    if outcome.between:
-        outcome.notes.append(
+    found_it = outcome(EXIT_CULPRIT, message, change)
+    found_it.first, found_it.last = str(first.version), str(last.version)
+    found_it.between = sorted(between, key=lambda s: Version(s.split()[0]))
+    if found_it.between:
+        found_it.notes.append(
             f"between {last.version} and {first.version}, not measured: "
-            f"{', '.join(outcome.between)}; {first.version} is the first measurable release "
+            f"{', '.join(found_it.between)}; {first.version} is the first measurable release "
             "with the change"
         )
-    outcome.notes.extend(
-        f"{r.version}: not installable here ({r.reason})"
+    elsewhere = [
+        f"{r.version} ({r.reason})"
         for r in rng.skipped
         if not last.version < r.version < first.version
-    )
-    return outcome
+    ]
+    if elsewhere:
+        found_it.notes.append(f"not installable here, never tried: {', '.join(elsewhere)}")
+    return found_it
 
 
 def _verdict_of(trials: list[Trial], version: str) -> str:

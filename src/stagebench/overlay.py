@@ -265,11 +265,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(cmd: list[str], timeout: float, what: str) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], timeout: float, what: str, too_slow: type[Exception] = OverlayError
+) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise Incompatible(f"{what} took more than {timeout:g} s") from None
+        raise too_slow(f"{what} took more than {timeout:g} s") from None
     except OSError as exc:
         raise OverlayError(f"{what}: {exc}") from None
 
@@ -287,7 +289,8 @@ def pip_reason(output: str) -> str:
         reason = "pip: conflict: " + "; ".join(causes)
     else:
         errors = [line for line in lines if line.startswith("ERROR:")]
-        reason = "pip: " + (errors[-1].removeprefix("ERROR:").strip() if errors else lines[-1])
+        last = errors[-1].removeprefix("ERROR:").strip() if errors else (lines or ["failed"])[-1]
+        reason = "pip: " + last
     return reason[:REASON_CHARS]
 
 
@@ -306,7 +309,8 @@ def _create(path: Path, base: Base, base_python: str) -> list[str]:
     """An empty venv over the base; returns its own site directories."""
     made = _run([base_python, "-m", "venv", "--without-pip", str(path)], 300, "python -m venv")
     if made.returncode:
-        raise OverlayError(f"python -m venv {path} failed: {made.stderr.strip().splitlines()[-1:]}")
+        last = (made.stderr.strip().splitlines() or [f"exit code {made.returncode}"])[-1]
+        raise OverlayError(f"python -m venv {path} failed: {last}")
     own = _own_site_dirs(str(path / "bin" / "python"))
     layers = [d for d in base.site_dirs if d not in own]
     # In the last of its own directories: by then every own one is on sys.path, so the base's
@@ -368,11 +372,8 @@ def check_imports(overlay: Overlay) -> dict[str, str]:
     returns the versions it sees. Incompatible with the error's last line when an import fails.
     """
     pins = _pins(overlay.requirements)
-    done = _run(
-        [overlay.python, "-c", _IMPORT_CHECK, json.dumps(pins)],
-        IMPORT_TIMEOUT_S,
-        "the import check",
-    )
+    check = [overlay.python, "-c", _IMPORT_CHECK, json.dumps(pins)]
+    done = _run(check, IMPORT_TIMEOUT_S, "the import check", too_slow=Incompatible)
     answer: dict = {}
     for line in done.stdout.splitlines():
         with contextlib.suppress(ValueError, TypeError):
