@@ -33,3 +33,18 @@ def child_can_import_faults(monkeypatch: pytest.MonkeyPatch) -> None:
     """Child processes inherit the environment; let them import tests/faults.py."""
     paths = [str(TESTS), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+
+
+@pytest.fixture(scope="session")
+def plant_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The FAKE stagebench-test-plant's wheels (tests/plant.py), written once per session so
+    overlays built from them are cached across test modules."""
+    import plant
+
+    return plant.write_wheels(tmp_path_factory.mktemp("plant-wheels"))
+
+
+@pytest.fixture(scope="session")
+def overlay_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One overlay cache for the session: never the user's ~/.cache."""
+    return tmp_path_factory.mktemp("overlays")

@@ -295,3 +295,26 @@ def test_the_parent_puts_the_cache_in_the_childs_environment(
     environ = isolate._child_env(workload)
     assert environ["TORCHINDUCTOR_CACHE_DIR"] == expected
     assert environ[isolate.PARENT_PID_ENV] == str(os.getpid())
+
+
+def test_the_child_can_be_another_interpreter(tmp_path):
+    """An overlay's interpreter (depbisect): the child, and torchrun's launcher, run in it."""
+    from stagebench.isolate import _command, env_of
+
+    job, result = tmp_path / "job.json", tmp_path / "result.json"
+    assert _command(job, result, None)[0] == sys.executable
+    assert _command(job, result, None, "/overlay/bin/python")[:3] == [
+        "/overlay/bin/python",
+        "-m",
+        "stagebench.isolate",
+    ]
+    assert _command(job, result, 2, "/overlay/bin/python")[:3] == [
+        "/overlay/bin/python",
+        "-m",
+        "stagebench.launch",
+    ]
+    # A Result the child could not write gets the environment as that interpreter sees it; one
+    # that cannot answer leaves this process's.
+    from stagebench import env
+
+    assert env_of(str(tmp_path / "no-python"))["packages"] == env.package_versions()

@@ -5,9 +5,13 @@ Exit codes, the same for every command:
   1  a stage failed (run, matrix) or a regression (regressions, compare)
   2  bad input: one line says what was wrong and what is accepted
   3  cannot judge (regressions, compare): no readable history, machine not found, history
-     too short
-  4  stagebench could not do its job: results not stored (a full disk), or an unexpected error
-     (its traceback, then one line)
+     too short; (bisect-release) GOOD and BAD measure the same, an endpoint is incompatible
+     here, or no package of a lock bump alone reproduces the change
+  4  stagebench could not do its job: results not stored (a full disk), an overlay it could
+     not build (no venv, no pip), or an unexpected error (its traceback, then one line)
+bisect-release exits 0 when it names the first bad (or first good) release; an index that
+cannot be reached is bad input (2): the URL or the network is wrong, and --find-links DIR
+works offline.
   128 + N  cancelled by signal N (SIGTERM: 143, SIGINT: 130); the cancelled stage is stored
 """
 
@@ -137,7 +141,53 @@ def build_parser() -> Parser:
         "--show", action="store_true", help="print the recorded noise in DIR, measure nothing"
     )
     _workload_args(noise)
+    _bisect_release_args(sub)
     return parser
+
+
+def _bisect_release_args(sub: argparse._SubParsersAction) -> None:
+    from stagebench.metrics import METRICS
+
+    p = sub.add_parser(
+        "bisect-release",
+        help="the first release of a package that changed a stage (or which package of a lock "
+        "bump did it)",
+        description="PACKAGE GOOD BAD: versions (or YYYY-MM-DD dates of a nightly channel). "
+        "Or --from-lock OLD --to-lock NEW instead: the base environment stands for OLD.",
+    )
+    p.add_argument("target", nargs="*", metavar="PACKAGE GOOD BAD")
+    p.add_argument("--stage", required=True, help="a seed id or spec, as `run` takes")
+    judged = [name for name, m in METRICS.items() if m.family != "first_step"]
+    p.add_argument(
+        "--metric",
+        default="step_time_ms",
+        choices=judged,
+        help="what counts as bad besides the status (default: step_time_ms)",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--index-url",
+        metavar="URL",
+        help="a PEP 691/503 simple index (default: https://pypi.org/simple)",
+    )
+    where.add_argument("--find-links", type=Path, metavar="DIR", help="wheels here, offline")
+    p.add_argument("--pre", action="store_true", help="pre-releases count as candidates too")
+    p.add_argument("--allow-sdist", action="store_true", help="build releases that have no wheel")
+    p.add_argument("--from-lock", type=Path, metavar="OLD", help="requirements file: the base")
+    p.add_argument("--to-lock", type=Path, metavar="NEW", help="requirements file: the bump")
+    p.add_argument(
+        "--overlay-dir",
+        type=Path,
+        metavar="DIR",
+        help="overlay cache (default: ~/.cache/stagebench/overlays)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "md", "markdown", "json"],
+        default="table",
+        help="a table for people (default), markdown for a job summary, or JSON",
+    )
+    _workload_args(p)
 
 
 def _device(requested: str | None) -> str:
@@ -474,6 +524,108 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _bisect_release(args: argparse.Namespace, console: Console) -> int:
+    _needs_asv("bisect-release")  # the judge's rule decides what counts as a change
+    from stagebench import depbisect, overlay, releases
+    from stagebench.isolate import Cancelled
+    from stagebench.metrics import METRICS
+
+    locks = (args.from_lock, args.to_lock)
+    if any(locks) and not all(locks):
+        raise BadInput("--from-lock and --to-lock go together: OLD and NEW requirements files")
+    if all(locks) and args.target:
+        raise BadInput("give PACKAGE GOOD BAD, or --from-lock OLD --to-lock NEW, not both")
+    if not all(locks) and len(args.target) != 3:
+        raise BadInput(
+            f"bisect-release takes PACKAGE GOOD BAD (got {len(args.target)} argument(s)), "
+            "or --from-lock OLD --to-lock NEW"
+        )
+    stage = resolve_stages([args.stage])[0]
+    metric = METRICS[args.metric]
+    if args.find_links is not None and not args.find_links.is_dir():
+        raise BadInput(f"--find-links {args.find_links} is not a directory")
+    source = releases.Source(
+        index_url=(args.index_url or releases.PYPI).rstrip("/"),
+        find_links=args.find_links.resolve() if args.find_links else None,
+    )
+    workload = workload_from(args)
+    _check_store(args.jsonl)
+    _check_log_dir(args.log_dir)
+    measure = depbisect.Measurer(
+        stage,
+        workload,
+        metric,
+        source=source,
+        store=args.jsonl,
+        log_dir=args.log_dir,
+        overlay_dir=args.overlay_dir,
+        allow_sdist=args.allow_sdist,
+    )
+
+    def progress(trial: depbisect.Trial) -> None:
+        print(f"  {depbisect.describe(trial, metric)}", file=sys.stderr, flush=True)
+
+    def warn(line: str) -> None:
+        print(f"stagebench: warning: {line}", file=sys.stderr)
+
+    try:
+        if all(locks):
+            outcome = depbisect.bisect_lock(
+                args.from_lock,
+                args.to_lock,
+                measure,
+                measure.base,
+                metric,
+                overlay.base_info().packages,
+                stage=stage.name,
+                source=source,
+                pre=args.pre,
+                allow_sdist=args.allow_sdist,
+                on_trial=progress,
+                warn=warn,
+            )
+        else:
+            package, good, bad = args.target
+            rng = releases.between(
+                package, good, bad, source, pre=args.pre, allow_sdist=args.allow_sdist
+            )
+            print(
+                f"stagebench: bisecting {stage.name} over {len(rng.candidates)} release(s) of "
+                f"{rng.package}, {rng.good} .. {rng.bad} ({workload.model}, {workload.device})",
+                file=sys.stderr,
+            )
+            outcome = depbisect.bisect_releases(
+                rng, measure, metric, stage=stage.name, on_trial=progress
+            )
+    except (releases.ReleaseError, depbisect.LockError) as exc:
+        raise BadInput(str(exc)) from None
+    except overlay.OverlayError as exc:
+        print(f"stagebench: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_DONE
+    except Cancelled as exc:
+        print(f"stagebench: {exc}; no further release was measured", file=sys.stderr)
+        return exc.exit_code
+    if args.format == "json":
+        print(depbisect.to_json(outcome))
+    elif args.format in ("md", "markdown"):
+        print(depbisect.to_markdown(outcome))
+    else:
+        from stagebench.report import plain_table
+
+        title = f"{outcome.package or 'lock bump'}: {stage.name}, {metric.name}"
+        console.print(plain_table(depbisect.columns(outcome), depbisect.rows(outcome), title))
+        for line in depbisect.summary_lines(outcome):
+            console.print(line, markup=False, highlight=False)
+    if measure.unstored:
+        print(
+            f"stagebench: error: could not store {len(measure.unstored)} result(s) in "
+            f"{args.jsonl}: {measure.unstored[-1].reason}",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_DONE
+    return outcome.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     # A pipe or CI log is not 80 columns wide; don't squeeze the table into it.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -492,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "noise":
             return _noise(args, console)
+        if args.command == "bisect-release":
+            return _bisect_release(args, console)
         return _env(args, console)
     except BadInput as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)

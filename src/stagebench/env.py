@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 # Distribution names as pip knows them.
@@ -20,11 +23,36 @@ PACKAGES = (
     "asv",
     "nvidia-ml-py",
 )
+# In an overlay's prefix (overlay.py writes it): what the overlay installed over its base.
+OVERLAY_RECORD = "stagebench-overlay.json"
+
+
+def overlay_record() -> dict[str, Any] | None:
+    """The record of the overlay this interpreter is, or None when it is not one."""
+    if sys.prefix == sys.base_prefix:
+        return None
+    try:
+        record = json.loads((Path(sys.prefix) / OVERLAY_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def overlay_info() -> dict[str, Any] | None:
+    """For a Result measured in an overlay: its requirements and what it changed."""
+    record = overlay_record()
+    if record is None:
+        return None
+    changed = [f"{n} {old or 'none'} -> {new or 'none'}" for n, old, new in record["changed"]]
+    return {"requirements": record["requirements"], "changed": changed, "path": sys.prefix}
 
 
 def package_versions() -> dict[str, str | None]:
+    """The versions an import here sees: the stack's, and in an overlay also every package the
+    overlay installed (read here, so a Result names what really ran)."""
+    record = overlay_record() or {}
     versions: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in (*PACKAGES, *sorted(set(record.get("installed", {})) - set(PACKAGES))):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -114,4 +142,8 @@ def host_info() -> dict[str, Any]:
 
 def collect() -> dict[str, Any]:
     """Everything above in one flat-ish dict, for `stagebench env` and for every Result."""
-    return {"packages": package_versions(), **torch_info(), **gpu_info(), **host_info()}
+    info = {"packages": package_versions(), **torch_info(), **gpu_info(), **host_info()}
+    overlay = overlay_info()
+    if overlay:
+        info["overlay"] = overlay
+    return info

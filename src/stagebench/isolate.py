@@ -282,13 +282,30 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code} without a result"
 
 
-def _command(job_path: Path, result_path: Path, nproc: int | None) -> list[str]:
+def _command(
+    job_path: Path, result_path: Path, nproc: int | None, python: str | None = None
+) -> list[str]:
+    python = python or sys.executable
     child = ["-m", "stagebench.isolate", str(job_path), str(result_path)]
     if nproc is None:
-        return [sys.executable, *child]
+        return [python, *child]
     report = result_path.with_name("torchrun-failures.json")
     torchrun = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0"]
-    return [sys.executable, "-m", "stagebench.launch", str(report), *torchrun, *child]
+    return [python, "-m", "stagebench.launch", str(report), *torchrun, *child]
+
+
+def env_of(python: str | None) -> dict:
+    """env.collect() as `python` sees it (another interpreter: an overlay), for a Result whose
+    child left none; this process's own where that interpreter cannot answer."""
+    if python is None or python == sys.executable:
+        return env.collect()
+    code = "import json; from stagebench import env; print(json.dumps(env.collect()))"
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError, IndexError):
+        out = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=300, check=True
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    return env.collect()
 
 
 def _child_env(workload: Workload) -> dict[str, str]:
@@ -385,8 +402,11 @@ def run_isolated(
     *,
     entry: str = DEFAULT_ENTRY,
     log_dir: Path | None = None,
+    python: str | None = None,
 ) -> Result:
     """Run `stage` in a child process; always returns a Result, never raises for the stage.
+
+    `python`: the child's interpreter (an overlay's, see overlay.py); default this one.
 
     Cancelled (SIGTERM, SIGINT) it returns a `cancelled` Result to an enclosing run_matrix, which
     stores it and raises Cancelled; called on its own it raises Cancelled after cleaning up.
@@ -400,7 +420,7 @@ def run_isolated(
     )
     missing = gpus_missing(workload)
     if missing:  # known without starting anything
-        return Result(status="unavailable", reason=missing, env=env.collect(), **base)
+        return Result(status="unavailable", reason=missing, env=env_of(python), **base)
     with (
         cancellation() as cancel,
         # An orphaned child may have removed the directory already (see die_with_parent).
@@ -412,7 +432,7 @@ def run_isolated(
         log.parent.mkdir(parents=True, exist_ok=True)
         job = {"stage": stage.name, "workload": workload.to_dict(), "entry": entry}
         job_path.write_text(json.dumps(job))
-        cmd = _command(job_path, result_path, workload.nproc)
+        cmd = _command(job_path, result_path, workload.nproc, python)
         t0 = time.perf_counter()
         with log.open("w") as log_file:
             proc = subprocess.Popen(
@@ -464,7 +484,7 @@ def run_isolated(
         else:
             result = Result(status="crashed", reason=_describe_exit(code), log_tail=tail, **base)
         result.wall_time_s = wall
-        result.env = result.env or env.collect()
+        result.env = result.env or env_of(python)
         return result
 
 

@@ -86,10 +86,18 @@ def run_matrix(
     on_result: Callable[[Result], None] | None = None,
     on_start: Callable[[Stage], None] | None = None,
     on_store_error: Callable[[Result, StoreError], None] | None = None,
+    python: str | None = None,
+    reference: Result | None = None,
 ) -> list[Result]:
-    """Every stage runs whatever happened to the ones before it, or to the store."""
-    history = results.load(store) if store else []
-    reference = find_reference(history, workload)
+    """Every stage runs whatever happened to the ones before it, or to the store.
+
+    `python`: the interpreter the stages run in (an overlay's); `reference`: the Result to check
+    step-0 losses against, instead of the store's newest (a reference stage in the list still
+    replaces it).
+    """
+    if reference is None:
+        history = results.load(store) if store else []
+        reference = find_reference(history, workload)
     done: list[Result] = []
     with cancellation() as cancel:
         for stage in order(stage_list):
@@ -97,7 +105,7 @@ def run_matrix(
                 break
             if on_start:
                 on_start(stage)
-            result = run_isolated(stage, workload, entry=entry, log_dir=log_dir)
+            result = run_isolated(stage, workload, entry=entry, log_dir=log_dir, python=python)
             if stage.is_reference and result.status == "ok":
                 reference = result
                 result.numerics = "reference"

@@ -124,6 +124,25 @@ def print_results(results: list[Result], console: Console, title: str | None = N
     console.print(legend, style="dim")
 
 
+def plain_table(columns: list[str], rows: list[list[str]], title: str | None = None) -> Table:
+    """A table of ready-made cells (the first column left, the rest as given)."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    """The same cells for a job summary; pipes in cells cannot break the table."""
+
+    def cells(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "/") for v in values) + " |"
+
+    return "\n".join([cells(columns), cells(["---"] * len(columns)), *map(cells, rows)])
+
+
 def env_table(info: dict[str, Any]) -> Table:
     table = Table(show_header=False, box=None)
     for key, value in info.items():
