@@ -34,8 +34,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from stagebench import judge, overlay, releases, stages
-from stagebench.matrix import run_matrix
+from stagebench import judge, overlay, releases, results, stages
+from stagebench.matrix import find_reference, run_matrix
 from stagebench.metrics import METRICS, Metric
 from stagebench.releases import PYPI_SOURCE, Range, Source
 from stagebench.results import Result, StoreError
@@ -514,7 +514,10 @@ class Measurer:
         self.stage, self.workload, self.metric = stage, workload, metric
         self.source, self.store, self.log_dir = source, store, log_dir
         self.overlay_dir, self.allow_sdist = overlay_dir, allow_sdist
-        self.reference: Result | None = None
+        # A store that holds this workload's reference (a nightly's) saves measuring it again.
+        self.reference: Result | None = (
+            find_reference(results.load(store), workload) if store else None
+        )
         self.unstored: list[StoreError] = []
 
     def __call__(self, requirements: list[str]) -> Trial:
