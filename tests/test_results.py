@@ -67,7 +67,7 @@ def test_unknown_status_raises():
         make_result(status="okay")
 
 
-@pytest.mark.parametrize("version", [0, 4, None, "1"])
+@pytest.mark.parametrize("version", [0, 5, None, "1"])
 def test_wrong_schema_version_raises(version):
     """Rows from another schema must not be read as if they meant the same thing."""
     data = make_result().to_dict()
@@ -109,7 +109,7 @@ def test_a_version_2_line_still_loads():
     back = Result.from_dict(json.loads(json.dumps(data)))
     assert back.metrics.compile is None
     assert back.metrics.graph_breaks is None and back.metrics.recompiles is None
-    assert back.schema_version == results.SCHEMA_VERSION == 3
+    assert back.schema_version == results.SCHEMA_VERSION == 4
 
 
 def test_compile_counts_round_trip():

@@ -278,7 +278,7 @@ def render(
     from stagebench import regress
 
     results_dir = Path(results_dir)
-    store = store or results_dir / "stagebench-results.jsonl"
+    store = store or results_dir / results.STORE_NAME
     order = git_order()
     history = load(results_dir, order=order)
     stored = _stage_names(store)

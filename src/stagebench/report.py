@@ -100,10 +100,15 @@ def distributed_lines(results: Iterable[Result]) -> list[str]:
         if d is None:
             continue
         exposed = "" if d.comm_exposed_pct is None else f", {d.comm_exposed_pct:.1f}% exposed"
+        share = (
+            f"{d.comm_busy_pct:.1f}% of the step{exposed}"
+            if d.comm_busy_pct is not None
+            else f"share unknown ({d.comm_source})"
+        )
         lines.append(
             f"{r.stage}: {d.nproc} ranks ({d.backend}): {r.metrics.tokens_per_s:,.0f} tokens/s "
-            f"({d.tokens_per_s_per_gpu:,.0f} per GPU); collectives {d.comm_busy_pct:.1f}% of the "
-            f"step{exposed}; peak reserved GiB per rank {_gib_list(d.peak_reserved_gib_per_rank)}"
+            f"({d.tokens_per_s_per_gpu:,.0f} per GPU); collectives {share}; "
+            f"peak reserved GiB per rank {_gib_list(d.peak_reserved_gib_per_rank)}"
         )
     return lines
 
