@@ -34,14 +34,17 @@ SHORT_NAME_CHARS = 120
 DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # the profiler's activity types
 
 # (group, pattern), first match wins, case-insensitive. Order matters where names share words:
-# loss before attention (LogSoftMax vs the attention softmax), optimizer before norm (the grad
-# norm of clipping), matmul before the rest (a triton mm template with a fused epilogue), norm
-# before copy (inductor names list every op it fused: `..._to_copy_add_mean_mul_pow_rsqrt`).
+# loss and rope before attention (LogSoftMax vs the attention softmax; flashinfer's rotary
+# kernels), optimizer before norm (the grad norm of clipping), matmul before the rest (a triton
+# mm template with a fused epilogue), norm before copy (inductor names list every op it fused:
+# `..._to_copy_add_mean_mul_pow_rsqrt`). Eager attention's softmax is attention; its matmuls
+# (bmm) are matmul. On a CPU the optimizer group also takes every op run inside its step.
 GROUPS: tuple[tuple[str, str], ...] = (
     ("communication", r"nccl|gloo|c10d::|c10d_functional|all_?reduce|reduce_?scatter|all_?gather"
                       r"|all_?to_?all"),
     ("loss", r"cross_?entropy|nll_?loss|log_?softmax|logsumexp|(^|[_:])cce_|indexed_neg_dot"
              r"|^element_mul_kernel$"),  # Liger's FLCE scales its gradient with element_mul
+    ("rope", r"rotary|(^|[_:])rope|fused\w*(cat\w*neg|neg\w*cat)"),
     ("attention", r"flash|fmha|sdpa|scaled_dot_product|_efficient_attention|attention|attn"
                   r"|softmax"),
     ("optimizer", r"^optimizer\.|adam|multi_tensor_apply|_foreach_|lpnorm|linalg_vector_norm"
@@ -50,10 +53,9 @@ GROUPS: tuple[tuple[str, str], ...] = (
                r"|^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$"),
     ("norm", r"rms_?norm|layer_?norm|group_?norm|rsqrt|_norm_(fwd|bwd|forward|backward)"
              r"|fused\w*(mean\w*pow|pow\w*mean)"),
-    ("rope", r"rotary|(^|[_:])rope|fused\w*(cat\w*neg|neg\w*cat)"),
     ("activation", r"silu|swiglu|swish|gelu|geglu|sigmoid|relu|act_and_mul|tanh"),
-    ("copy/memset", r"memcpy|memset|copy|fill|(^|[_:])cat($|_)|CatArrayBatched|clone|zero_"
-                    r"|^aten::to$"),
+    ("copy/memset", r"memcpy|memset|copy|FillFunctor|(^|[_:])cat($|_)|CatArrayBatched"
+                    r"|^aten::(fill_|zero_|zeros|clone|contiguous|to)$"),
     ("elementwise", r"elementwise|triton_(poi|per|red)_|reduce_kernel"
                     r"|^aten::(add|sub|mul|div|neg|pow|exp|log|sqrt|abs|sum|mean|where|clamp"
                     r"|maximum|minimum|sin|cos)_?$"),
@@ -77,7 +79,8 @@ def short_name(name: str) -> str:
     graphs without their hash; at most SHORT_NAME_CHARS characters."""
     if "CompiledFxGraph" in name:
         return "inductor: CompiledFxGraph (fused kernels, not recorded one by one)"
-    name = name.removeprefix("void ").replace("(anonymous namespace)::", "")
+    name = name.removeprefix("void ")
+    name = name.replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     name = re.sub(r"\b(at::native::|at::cuda::|at::|c10::|std::)", "", name)
     depth = 0
     for i, char in enumerate(name):  # cut the argument list: the first `(` outside templates
