@@ -113,9 +113,19 @@ def distributed_lines(results: Iterable[Result]) -> list[str]:
     return lines
 
 
+def profile_lines(results: Iterable[Result]) -> list[str]:
+    """Where each profiled stage's time goes: its largest kernel groups and the host gap."""
+    return [
+        f"{r.stage}: time by kernel group: {r.metrics.profile.summary()}"
+        for r in results
+        if r.status == "ok" and r.metrics is not None and r.metrics.profile is not None
+    ]
+
+
 def print_results(results: list[Result], console: Console, title: str | None = None) -> None:
     console.print(results_table(results, title))
-    for line in reasons(results) + fallback_lines(results) + distributed_lines(results):
+    lines = reasons(results) + fallback_lines(results) + distributed_lines(results)
+    for line in lines + profile_lines(results):
         console.print(f"  {line}", markup=False, highlight=False)
     legend = (
         "MFU %/TFLOPS: the seed's formula (6N + attention, vs 989 TFLOPS), from the median step. "

@@ -137,12 +137,24 @@ class ProfileMetrics:
     wall_ms_per_step: float
     busy_ms_per_step: float
     host_gap_ms_per_step: float
-    groups: dict[str, GroupTime]  # every group seen, largest first
+    groups: dict[str, GroupTime]  # every group seen (the store sorts keys: order by time)
     kernels: list[KernelTime]  # the largest, by time per step
     kernels_seen: int  # distinct (name, group) pairs; those not listed are in rest_ms_per_step
     rest_ms_per_step: float
     memory_gib: dict[str, float] = field(default_factory=dict)  # by category, see profile.py
     cost_s: float = 0.0  # what profiling added to the stage's wall time: steps, parse, reduce
+
+    def summary(self, top: int = 3) -> str:
+        """One line for people: the largest groups' shares of the busy time, and the host gap's
+        of the wall time."""
+        largest = sorted(self.groups.items(), key=lambda item: -item[1].ms_per_step)[:top]
+        shares = ", ".join(f"{g} {t.pct_of_busy:.0f}%" for g, t in largest)
+        gap = (
+            100.0 * self.host_gap_ms_per_step / self.wall_ms_per_step
+            if self.wall_ms_per_step
+            else 0
+        )
+        return f"{shares or 'no kernels'}; host gap {gap:.0f}% of the step"
 
 
 @dataclass
