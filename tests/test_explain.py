@@ -251,3 +251,9 @@ def test_the_history_side_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_file_whose_name_holds_a_hash_is_a_file(tmp_path, capsys):
+    odd = _store(tmp_path / "night#3.jsonl", _result("00_sdpa", "sdpa", LIGER))
+    code, out, err = _cli(capsys, str(odd), f"{odd}#00_sdpa", "--explain")
+    assert code == 0 and err == "" and "#### 00_sdpa" in out

@@ -225,6 +225,12 @@ def test_a_gpu_trace_reduces_to_groups_kernels_and_the_host_gap():
     assert record.cost_s >= 0.5  # the capture's own cost, plus reducing it
 
 
+def test_a_gpu_trace_without_kernels_is_a_failed_profile_not_an_idle_device():
+    events = [Event("aten::mm", False, 1, 0.0, 900.0)]
+    with pytest.raises(profile.ProfilerFailed, match="no kernel on the device"):
+        profile.reduce(Capture(events, 1, 1.0, "cuda", 0.0))
+
+
 def test_only_the_top_kernels_are_listed_and_the_rest_is_summed():
     events = [_gpu(f"kernel_{i}", 10.0 * i, 10.0 * i + i + 1) for i in range(10)]
     record = profile.reduce(Capture(events, 1, 1.0, "cuda", 0.0), top=3)

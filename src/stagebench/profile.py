@@ -233,11 +233,13 @@ def _cpu_kernels(events: list[Event]) -> list[tuple[str, str, float]]:
 def reduce(
     cap: Capture, memory_gib: dict[str, float] | None = None, top: int = TOP_KERNELS
 ) -> ProfileMetrics:
-    """The compact record stored in the Result."""
+    """The compact record stored in the Result; ProfilerFailed where the trace holds no work."""
     t0 = time.perf_counter()
     steps = cap.steps
     if cap.device == "cuda":
         device_events = [e for e in cap.events if e.on_device]
+        if not device_events:  # CUPTI unavailable or taken: an empty record would read as idle
+            raise ProfilerFailed("the profiler recorded no kernel on the device")
         kernels = [
             (short_name(e.name), group_of(e.name), e.end_us - e.start_us) for e in device_events
         ]

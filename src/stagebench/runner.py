@@ -292,6 +292,9 @@ def _profile_record(run: TimedRun, workload: Workload, rank, notes: dict[str, st
         return None
     try:
         record = profile.reduce(run.capture, run.memory_gib)
+    except profile.ProfilerFailed as exc:
+        notes["profile"] = f"failed: {exc}"
+        return None
     except Exception as exc:
         notes["profile"] = f"failed: could not reduce the trace: {type(exc).__name__}: {exc}"
         return None
