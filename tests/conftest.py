@@ -12,8 +12,7 @@ from stagebench.workload import Workload
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture
-def tiny_workload() -> Workload:
+def tiny() -> Workload:
     """A `tiny` workload small enough for a 2-core CPU (the real seed shapes are for GPUs)."""
     return Workload(
         model="tiny",
@@ -26,6 +25,11 @@ def tiny_workload() -> Workload:
         max_steps=12,
         timeout_s=120.0,
     )
+
+
+@pytest.fixture
+def tiny_workload() -> Workload:
+    return tiny()
 
 
 @pytest.fixture

@@ -53,11 +53,13 @@ def error_line(capsys, argv: list[str]) -> str:
         (["run", "00_sdpa", "--device", "cpu", "--nproc", "0"], [r"nproc\W+0\b", "at least 1"]),
         (["run", "00_sdpa", "--workload", "b4x512"], ["--workload", "'b4x512'", "b2x1024"]),
         (["run", "sdpa+compile:fullgraph=maybe"], ["'maybe'", "auto|on|off"]),
+        (["run", "00_sdpa", "--device", "cpu", "--profile-steps", "-1"],
+         [r"profile[-_]steps\W+-1\b", "0 \\(off\\) or more"]),
     ],
     ids=[
         "unknown-stage", "unknown-part", "max-steps-0", "batch-size-neg", "seq-len-1",
         "bad-device", "non-int-batch", "no-subcommand", "no-stage", "peak-neg", "bad-subset",
-        "nproc-0", "bad-workload", "bad-option",
+        "nproc-0", "bad-workload", "bad-option", "profile-steps-neg",
     ],
 )  # fmt: skip
 def test_bad_input(capsys, argv, patterns):
@@ -125,6 +127,15 @@ def test_workload_shapes_by_name(argv, shape):
 
     w = workload_from(build_parser().parse_args(["run", "00_sdpa", *argv]))
     assert (w.batch_size, w.seq_len) == shape
+
+
+@pytest.mark.parametrize(("argv", "steps"), [([], 3), (["--profile-steps", "0"], 0)])
+def test_profile_steps_reach_the_workload(argv, steps):
+    """Profiling is a workload setting: 0 turns it off (a schedule profiles some runs only)."""
+    from stagebench.cli import build_parser, workload_from
+
+    w = workload_from(build_parser().parse_args(["run", "00_sdpa", "--device", "cpu", *argv]))
+    assert w.profile_steps == steps
 
 
 def test_list_shows_the_options(capsys):

@@ -123,3 +123,19 @@ def test_asv_pages_load_the_shipped_libraries(tmp_path):
     assert site.external_requests(tmp_path) == []
     for url in site.VENDORED:
         assert (tmp_path / "vendor" / site.vendor_name(url)).stat().st_size > 1000
+
+
+def test_the_step_time_says_where_the_time_goes_when_the_result_has_a_profile(tmp_path):
+    from test_report import _profile
+
+    hashes = _history(tmp_path, [300.0, 301.0, 299.0, 300.5])
+    result = _result("00_sdpa", step_ms=300.5)
+    result.env = {"commit": hashes[-1]}
+    result.metrics.profile = _profile()
+    results.append(tmp_path / "stagebench-results.jsonl", result)
+    page, _ = frontpage.render(tmp_path)
+    assert (
+        'title="where the time goes: matmul 65%, attention 20%, norm 10%; host gap 4% of the '
+        'step"><a href="asv.html#stages.Stage_00_sdpa.track_step_time_ms"'
+    ) in page
+    assert '00_sdpa</td><td class="status ok">ok</td>' in page  # no `*`: not a note

@@ -143,3 +143,39 @@ def test_a_stage_that_fell_back_is_ok_star_with_its_reasons():
     printed = console.export_text()
     assert "  03_liger_fa2_compile: ok*: 3 graph break(s)" in printed
     assert "ok*: measured, but part of the model ran uncompiled" in printed
+
+
+def _profile():
+    from stagebench.results import GroupTime, ProfileMetrics
+
+    return ProfileMetrics(
+        source="cuda: kernels", steps=3, wall_ms_per_step=150.0, busy_ms_per_step=144.0,
+        host_gap_ms_per_step=6.0,
+        groups={"matmul": GroupTime(93.6, 65.0), "attention": GroupTime(28.8, 20.0),
+                "norm": GroupTime(14.4, 10.0), "loss": GroupTime(7.2, 5.0)},
+        kernels=[], kernels_seen=0, rest_ms_per_step=0.0,
+    )  # fmt: skip
+
+
+def test_a_profiled_stage_says_where_its_time_goes():
+    from stagebench.report import profile_lines
+
+    profiled = make_result("00_sdpa", "ok", make_metrics(profile=_profile()))
+    assert profile_lines([OK, profiled, OOM]) == [
+        "00_sdpa: time by kernel group: matmul 65%, attention 20%, norm 10%; host gap 4% of the "
+        "step"
+    ]
+
+
+def test_a_distributed_run_whose_profile_failed_says_the_share_is_unknown():
+    from stagebench.report import distributed_lines
+    from stagebench.results import DistributedMetrics
+
+    d = DistributedMetrics(
+        nproc=2, backend="nccl", sharding="FSDP2", tokens_per_s_per_gpu=6906.5,
+        step_time_ms_median_per_rank=[148.0, 148.2], peak_allocated_gib_per_rank=None,
+        peak_reserved_gib_per_rank=None, comm_busy_pct=None, comm_exposed_pct=None,
+        comm_source="no profile: the profiler did not start: RuntimeError: planted",
+    )  # fmt: skip
+    (line,) = distributed_lines([make_result("00_sdpa", "ok", make_metrics(distributed=d))])
+    assert "collectives share unknown (no profile: the profiler did not start" in line

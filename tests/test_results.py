@@ -3,6 +3,7 @@ full disks and lines that are not what they should be."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -17,7 +18,17 @@ import pytest
 from fake_disk import FakeDisk, fill, tiny_tmpfs
 
 from stagebench import results
-from stagebench.results import CompileMetrics, DistributedMetrics, Metrics, Result, StoreError
+from stagebench.results import (
+    CompileMetrics,
+    DistributedMetrics,
+    GroupTime,
+    KernelTime,
+    Metrics,
+    ProfileMetrics,
+    Result,
+    Samples,
+    StoreError,
+)
 from stagebench.workload import Workload
 
 WORKLOAD = Workload(model="tiny", device="cpu", dtype="float32", seq_len=1024).to_dict()
@@ -67,7 +78,7 @@ def test_unknown_status_raises():
         make_result(status="okay")
 
 
-@pytest.mark.parametrize("version", [0, 4, None, "1"])
+@pytest.mark.parametrize("version", [0, 5, None, "1"])
 def test_wrong_schema_version_raises(version):
     """Rows from another schema must not be read as if they meant the same thing."""
     data = make_result().to_dict()
@@ -109,7 +120,72 @@ def test_a_version_2_line_still_loads():
     back = Result.from_dict(json.loads(json.dumps(data)))
     assert back.metrics.compile is None
     assert back.metrics.graph_breaks is None and back.metrics.recompiles is None
-    assert back.schema_version == results.SCHEMA_VERSION == 3
+    assert back.schema_version == results.SCHEMA_VERSION == 4
+
+
+def test_a_version_3_line_still_loads():
+    """Stores written before samples and profiles existed stay readable: v3 lacks
+    metrics.samples, metrics.profile and workload.profile_steps."""
+    data = make_result(metrics=make_metrics()).to_dict()
+    data["schema_version"] = 3
+    del data["metrics"]["samples"]
+    del data["metrics"]["profile"]
+    del data["workload"]["profile_steps"]
+    back = Result.from_dict(json.loads(json.dumps(data)))
+    assert back.metrics.samples is None and back.metrics.profile is None
+    assert results.summary_from_samples(back.metrics) is None  # nothing to recompute from
+    assert back.schema_version == results.SCHEMA_VERSION == 4
+
+
+def _profile() -> ProfileMetrics:
+    return ProfileMetrics(
+        source="cuda: kernels, memcpys and memsets on the device timeline (torch.profiler)",
+        steps=3, wall_ms_per_step=301.5, busy_ms_per_step=296.25, host_gap_ms_per_step=5.25,
+        groups={"matmul": GroupTime(201.0, 67.85), "attention": GroupTime(60.5, 20.42)},
+        kernels=[KernelTime("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_NTT", "matmul", 72.0, 150.5)],
+        kernels_seen=212, rest_ms_per_step=145.75,
+        memory_gib={"parameters": 15.26, "peak_allocated": 61.5}, cost_s=2.125,
+    )  # fmt: skip
+
+
+def test_samples_and_profile_round_trip():
+    samples = Samples(warmup_ms=[305.1234, 301.0], measured_ms=[300.5, 299.75, 301.25])
+    original = make_result(metrics=make_metrics(samples=samples, profile=_profile()))
+    line = json.dumps(original.to_dict())
+    back = Result.from_dict(json.loads(line))
+    assert back == original
+    assert isinstance(back.metrics.samples, Samples)
+    assert isinstance(back.metrics.profile.groups["matmul"], GroupTime)
+    assert isinstance(back.metrics.profile.kernels[0], KernelTime)
+
+
+def test_the_summary_is_recomputed_from_the_samples():
+    measured = [300.5, 299.75, 301.25, 310.0, 298.5, 300.0, 302.25]
+    metrics = make_metrics(samples=Samples(warmup_ms=[400.0], measured_ms=measured))
+    summary = results.summary_from_samples(metrics)
+    assert (summary.n, summary.median, summary.minimum, summary.maximum) == (7, 300.5, 298.5, 310)
+    assert summary.ci95_half_width_pct is not None
+
+
+def test_60_rounded_samples_are_a_small_part_of_a_line():
+    """Samples as the runner rounds them (0.1 us): about 10 bytes a step."""
+    steps = [round(299.987654321 + i / 7, results.SAMPLE_DECIMALS) for i in range(62)]
+    samples = Samples(warmup_ms=steps[:2], measured_ms=steps[2:])
+    assert len(json.dumps(dataclasses.asdict(samples))) < 11 * 62
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("samples", [1.0], "metrics.samples is a JSON object"),
+        ("profile", {"groups": [], "kernels": []}, "metrics.profile.groups is a JSON object"),
+    ],
+)
+def test_a_malformed_schema_4_field_is_refused(field, value, words):
+    data = make_result(metrics=make_metrics()).to_dict()
+    data["metrics"][field] = value
+    with pytest.raises(ValueError, match=words):
+        Result.from_dict(data)
 
 
 def test_compile_counts_round_trip():

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
+from conftest import tiny
 
-from stagebench import stages
+from stagebench import profile, results, stages
 from stagebench.runner import HostTimer, StageUnavailable, run_stage
 
 
-def test_tiny_sdpa_run_gives_a_sane_measurement(tiny_workload):
-    m = run_stage(stages.resolve("00_sdpa"), tiny_workload)
+@pytest.fixture(scope="module")
+def tiny_sdpa():
+    """One real run of `tiny`, read by several tests."""
+    return run_stage(stages.resolve("00_sdpa"), tiny())
+
+
+def test_tiny_sdpa_run_gives_a_sane_measurement(tiny_sdpa, tiny_workload):
+    m = tiny_sdpa
     assert math.isfinite(m.loss_first) and math.isfinite(m.loss_last)
     assert m.loss_last < m.loss_first, "AdamW on a fixed seed must lower the loss"
     # A random init predicts close to uniform: step-0 loss near ln(vocab).
@@ -69,3 +77,60 @@ def test_host_timer_measures_elapsed_time():
     timer.stop()
     (elapsed,) = timer.times_ms(all_steps=True)
     assert 15 < elapsed < 500
+
+
+def test_every_step_time_is_kept_warmup_marked(tiny_sdpa):
+    m = tiny_sdpa
+    assert len(m.samples.warmup_ms) == tiny().warmup_steps - 1  # step 0 is first_step_s
+    assert len(m.samples.measured_ms) == m.measured_steps
+    for t in m.samples.warmup_ms + m.samples.measured_ms:
+        assert t > 0 and t == round(t, results.SAMPLE_DECIMALS)
+
+
+def test_the_statistics_come_back_from_the_samples_alone(tiny_sdpa):
+    m = tiny_sdpa
+    again = results.summary_from_samples(m)
+    stored = (m.measured_steps, m.step_time_ms_median, m.step_time_ms_iqr, m.step_time_ms_min,
+              m.step_time_ms_max, m.step_time_ci95_pct)  # fmt: skip
+    assert (again.n, again.median, again.iqr, again.minimum, again.maximum,
+            again.ci95_half_width_pct) == stored  # fmt: skip
+
+
+def test_a_cpu_run_carries_its_profile(tiny_sdpa):
+    p = tiny_sdpa.profile
+    assert p.source.startswith("cpu: aten op self time") and p.steps == 3
+    assert "profile" not in tiny_sdpa.notes
+    groups = [g.ms_per_step for g in p.groups.values()]
+    assert sum(groups) == pytest.approx(p.busy_ms_per_step, abs=1e-4 * len(groups))
+    assert sum(g.pct_of_busy for g in p.groups.values()) == pytest.approx(100, abs=0.1)
+    assert p.host_gap_ms_per_step == pytest.approx(
+        max(0.0, p.wall_ms_per_step - p.busy_ms_per_step), abs=2e-4
+    )
+    assert {"matmul", "attention", "loss", "optimizer", "activation"} <= set(p.groups)
+    names = {(k.name, k.group) for k in p.kernels}
+    assert ("aten::mm", "matmul") in names
+    assert ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention") in names
+    assert len(p.kernels) == min(profile.TOP_KERNELS, p.kernels_seen)
+    assert set(p.memory_gib) == {"parameters", "gradients", "optimizer_state"}
+    assert p.cost_s > 0
+
+
+def _short(**changes):
+    return dataclasses.replace(tiny(), min_steps=2, max_steps=2, **changes)
+
+
+def test_profiling_off_leaves_no_profile_and_says_so():
+    m = run_stage(stages.resolve("sdpa"), _short(profile_steps=0))
+    assert m.profile is None and m.notes["profile"] == "off (profile_steps=0)"
+    assert len(m.samples.measured_ms) == 2
+
+
+def test_a_profiler_failure_never_fails_the_stage(monkeypatch):
+    def fake_capture_that_fails(step, steps, device):
+        raise profile.ProfilerFailed("the profiler failed: RuntimeError: planted")
+
+    monkeypatch.setattr(profile, "capture", fake_capture_that_fails)
+    m = run_stage(stages.resolve("sdpa"), _short())
+    assert m.profile is None
+    assert m.notes["profile"] == "failed: the profiler failed: RuntimeError: planted"
+    assert m.step_time_ms_median > 0  # measured all the same

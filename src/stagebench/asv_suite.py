@@ -145,7 +145,7 @@ def store_path(root: Path) -> Path:
     passes ASV_CONF_DIR only to build commands), inside asv's results directory: the history
     the nightly keeps holds every full Result beside asv's numbers."""
     explicit = os.environ.get("STAGEBENCH_STORE")
-    path = Path(explicit) if explicit else root / ".asv" / "results" / "stagebench-results.jsonl"
+    path = Path(explicit) if explicit else root / ".asv" / "results" / results.STORE_NAME
     if path.is_dir() or (path.exists() and not path.is_file()):
         raise SuiteConfigError(f"STAGEBENCH_STORE={str(path)!r} is not a file; give a file path")
     return path

@@ -28,7 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stagebench import __version__, env, stages
+from stagebench import __version__, env, results, stages
 from stagebench.models import PRESETS, ModelError, default_preset, load_config
 from stagebench.results import Result, StoreError
 from stagebench.workload import WORKLOADS, Workload, defaults_for, named
@@ -78,6 +78,11 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
         type=int,
         help="processes (one per GPU) launched by torchrun, the model sharded with FSDP2",
     )
+    g.add_argument(
+        "--profile-steps",
+        type=int,
+        help="steps profiled after the timed ones, where the time goes (default 3; 0: none)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--jsonl", type=Path, help="append every Result to this JSON Lines file")
     o.add_argument("--log-dir", type=Path, help="keep each stage's child log here")
@@ -116,11 +121,16 @@ def build_parser() -> Parser:
     cmp = sub.add_parser(
         "compare", help="two commits (asv history) or two JSONL result sets (exit 1 if worse)"
     )
-    cmp.add_argument("before", help="commit (hash prefix) or JSONL file")
-    cmp.add_argument("after", help="commit (hash prefix) or JSONL file")
+    cmp.add_argument("before", help="commit (hash prefix), JSONL file, or FILE#STAGE")
+    cmp.add_argument("after", help="commit (hash prefix), JSONL file, or FILE#STAGE")
     cmp.add_argument("--results", type=Path, default=Path(".asv/results"), metavar="DIR")
     cmp.add_argument("--machine", help="one machine's results (default: every machine)")
     cmp.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    cmp.add_argument(
+        "--explain",
+        action="store_true",
+        help="where the time went: the profiles' kernel groups and the kernels that changed most",
+    )
     noise = sub.add_parser(
         "noise",
         help="run-to-run noise and minimal detectable effect per stage, over separate processes",
@@ -224,6 +234,7 @@ def workload_from(args: argparse.Namespace) -> Workload:
         "peak_tflops",
         "compile_cache",
         "nproc",
+        "profile_steps",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -435,17 +446,26 @@ def _looks_like_file(value: str) -> bool:
 
 def _compare(args: argparse.Namespace) -> int:
     _needs_asv("compare")
-    from stagebench import compare, history
+    from stagebench import compare, explain, history
 
-    files = [_looks_like_file(v) for v in (args.before, args.after)]
     try:
-        if any(files):
+        (file_a, stage_a), (file_b, stage_b) = map(
+            compare.split_selector, (args.before, args.after)
+        )
+    except history.HistoryError as exc:
+        raise BadInput(str(exc)) from None
+    files = [_looks_like_file(v) for v in (file_a, file_b)]
+    explanations: list[explain.Explanation] = []
+    unexplained = None
+    try:
+        if any(files) or stage_a or stage_b:
             if not all(files):
                 raise BadInput(
-                    f"compare takes two result files or two commits, not one of each: "
-                    f"{args.before!r}, {args.after!r}"
+                    f"compare takes two result files (FILE or FILE#STAGE) or two commits, not "
+                    f"one of each: {args.before!r}, {args.after!r}"
                 )
-            rows = compare.result_sets(Path(args.before), Path(args.after))
+            pairs = compare.pairs_from_files(Path(file_a), Path(file_b), stage_a, stage_b)
+            rows = compare.pair_rows(pairs, Path(file_a), Path(file_b))
         else:
             rows = compare.commits(
                 args.results,
@@ -454,16 +474,29 @@ def _compare(args: argparse.Namespace) -> int:
                 machine=args.machine,
                 order=history.git_order(),
             )
+            pairs = []
+            if args.explain:  # the commits' Results, kept in the history beside asv's numbers
+                try:
+                    store = args.results / results.STORE_NAME
+                    pairs = explain.pairs_from_store(store, args.before, args.after)
+                except (history.HistoryError, history.CannotJudge) as exc:
+                    unexplained = str(exc)  # the verdict stands without an explanation
+        if args.explain:
+            explanations = explain.explain_all(pairs)
     except history.HistoryError as exc:
         raise BadInput(str(exc)) from None
     except history.CannotJudge as exc:
         raise CannotJudgeError(str(exc)) from None
-    text = (
-        compare.to_json(rows)
-        if args.format == "json"
-        else compare.to_markdown(rows, args.before, args.after)
-    )
-    print(text)
+    if args.format == "json":
+        extra = {"explain": explain.to_dicts(explanations)} if args.explain else {}
+        if unexplained:
+            extra["explain_note"] = unexplained
+        print(compare.to_json(rows, extra))
+    else:
+        print(compare.to_markdown(rows, args.before, args.after))
+        if args.explain:
+            print()
+            print(explain.to_markdown(explanations, args.before, args.after, unexplained))
     return compare.exit_code(rows)
 
 

@@ -6,6 +6,8 @@ judge.MIN_BASELINE points there and the row says so instead of guessing.
 Result sets: the two runs' own 95% confidence half-widths of the median step time, added, are
 the noise of the speed family; memory is judged by the minimum effect alone; a first-step time is
 one value per run, so it is shown, not judged. Stages must have run the same workload.
+`FILE#STAGE` on either side picks one stage, so two different stages can be compared (a side
+without a selector takes the other side's stage); `#` because specs hold `:` and `=`.
 Metrics of one family are one finding (see regress.py); ok -> failed always counts.
 """
 
@@ -146,6 +148,59 @@ def commits(
     return _mark_derived(rows)
 
 
+@dataclass(frozen=True)
+class Pair:
+    """One comparison of two Results: the same stage in two files, or two selected stages."""
+
+    label: str
+    before: results.Result | None
+    after: results.Result | None
+    missing_in: Path | None = None  # the file without the stage
+
+
+def split_selector(value: str) -> tuple[str, str | None]:
+    """`FILE#STAGE` -> (FILE, STAGE); an existing file's name is never split, whatever it holds.
+    An empty stage after `#` is bad input."""
+    if "#" not in value or Path(value).exists():
+        return value, None
+    path, _, stage = value.rpartition("#")
+    if not stage.strip() or not path.strip():
+        raise HistoryError(f"{value!r}: give FILE#STAGE, a result file and a stage in it")
+    return path, stage.strip()
+
+
+def _select(by_stage: dict[str, results.Result], stage: str, path: Path) -> results.Result:
+    """A stage by its name (seed id or spec string as run) or by its spec."""
+    if stage in by_stage:
+        return by_stage[stage]
+    matches = [r for r in by_stage.values() if r.spec == stage]
+    if matches:
+        return matches[-1]
+    held = ", ".join(sorted(by_stage)) or "none"
+    raise HistoryError(f"no stage {stage!r} in {path}; it holds: {held}")
+
+
+def pairs_from_files(
+    a: Path, b: Path, stage_a: str | None = None, stage_b: str | None = None
+) -> list[Pair]:
+    """Which Results to compare: every stage of either file by name, or the selected ones."""
+    before, after = _latest_by_stage(a), _latest_by_stage(b)
+    if stage_a is None and stage_b is None:
+        return [
+            Pair(
+                stage,
+                before.get(stage),
+                after.get(stage),
+                None if stage in before and stage in after else (a if stage not in before else b),
+            )
+            for stage in sorted(set(before) | set(after))
+        ]
+    sa, sb = stage_a or stage_b, stage_b or stage_a
+    ra, rb = _select(before, sa, a), _select(after, sb, b)
+    label = ra.stage if ra.stage == rb.stage else f"{ra.stage} -> {rb.stage}"
+    return [Pair(label, ra, rb)]
+
+
 def _latest_by_stage(path: Path) -> dict[str, results.Result]:
     if not path.exists():
         raise HistoryError(f"no such result file: {path}")
@@ -178,25 +233,31 @@ def _ci(value: object) -> float | None:
     return number if number is not None and number >= 0 else None
 
 
-def result_sets(a: Path, b: Path) -> list[Row]:
-    before, after = _latest_by_stage(a), _latest_by_stage(b)
+def result_sets(
+    a: Path, b: Path, stage_a: str | None = None, stage_b: str | None = None
+) -> list[Row]:
+    return pair_rows(pairs_from_files(a, b, stage_a, stage_b), a, b)
+
+
+def pair_rows(pairs: list[Pair], a: Path, b: Path) -> list[Row]:
     mismatched = [
-        f"{stage}: {', '.join(diff)}"
-        for stage in sorted(set(before) & set(after))
-        if (diff := _workload_differences(before[stage], after[stage]))
+        f"{pair.label}: {', '.join(diff)}"
+        for pair in pairs
+        if pair.before is not None
+        and pair.after is not None
+        and (diff := _workload_differences(pair.before, pair.after))
     ]
     if mismatched:
         raise HistoryError(
             f"{a} and {b} ran different workloads, which do not compare: {'; '.join(mismatched)}"
         )
     rows: list[Row] = []
-    for stage in sorted(set(before) | set(after)):
-        if stage not in after or stage not in before:
-            where = b if stage not in after else a
+    for pair in pairs:
+        stage, ra, rb = pair.label, pair.before, pair.after
+        if ra is None or rb is None:
             missing = Row(stage, OK_METRIC, None, None, None, None, None, "missing")
-            rows.append(Row(**{**asdict(missing), "note": f"no result in {where}"}))
+            rows.append(Row(**{**asdict(missing), "note": f"no result in {pair.missing_in}"}))
             continue
-        ra, rb = before[stage], after[stage]
         ok = (int(ra.status == "ok"), int(rb.status == "ok"))
         verdict = {(1, 0): "regressed", (0, 1): "improved"}.get(ok, "same")
         note = f"{ra.status} -> {rb.status}" if ra.status != rb.status else None
@@ -267,13 +328,15 @@ def to_markdown(rows: list[Row], a: str, b: str) -> str:
     return "\n".join(lines)
 
 
-def to_json(rows: list[Row]) -> str:
+def to_json(rows: list[Row], extra: dict | None = None) -> str:
+    """The rows and their counts; `extra` (the explanations) is added as given."""
     return json.dumps(
         finite(
             {
                 "rows": [asdict(r) for r in rows],
                 "regressed": regressed(rows),
                 "missing": sum(r.verdict == "missing" for r in rows),
+                **(extra or {}),
             }
         ),
         indent=2,

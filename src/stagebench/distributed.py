@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# Profiled after the measured steps, so the profiler never touches a timed step.
+# Profiled after the measured steps, so the profiler never touches a timed step: the steps the
+# collectives' share is read from when the workload profiles none (profile_steps=0).
 PROFILE_STEPS = 3
 COMM_KERNEL_PREFIXES = ("nccl",)  # NCCL's device kernels: ncclDevKernel_AllGather_RING_LL ...
 COMM_CPU_PREFIXES = ("gloo:",)  # gloo runs collectives on its own host threads
@@ -160,36 +161,3 @@ def comm_time(events: list[tuple[str, bool, float, float]]) -> CommTime:
         return CommTime(_length(busy) / 1e3, exposed / 1e3, "profiler: NCCL kernels vs compute")
     comm = [(s, t) for name, _, s, t in events if name.startswith(COMM_CPU_PREFIXES)]
     return CommTime(_length(_union_us(comm)) / 1e3, None, "profiler: gloo collectives")
-
-
-def profiled_comm(step, device: torch.device) -> tuple[CommTime, float]:
-    """Run `step` PROFILE_STEPS times under the profiler -> (collective time, wall ms)."""
-    import time
-
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(PROFILE_STEPS):
-            step()
-        _sync(device)
-        wall_ms = 1000.0 * (time.perf_counter() - t0)
-    events = [
-        (
-            e.name,
-            e.device_type != torch.autograd.DeviceType.CPU,
-            float(e.time_range.start),
-            float(e.time_range.end),
-        )
-        for e in prof.events()
-    ]
-    return comm_time(events), wall_ms
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -51,6 +51,7 @@ class Row:
     bisect: str | None = None
     result_link: str | None = None
     notes: list[str] = field(default_factory=list)
+    time_by_group: str | None = None  # the stored profile's shares, shown on the step time
 
 
 def _value_at(points: list[Point], commit: str) -> float | None:
@@ -137,9 +138,15 @@ def rows_for(
                 mde_pct=None if prior is None else 100 * math.expm1(prior.mde),
                 result_link=f"results/{asv_class.removeprefix('stages.')}.json" if here else None,
                 notes=_notes(result) if here else [],
+                time_by_group=_time_by_group(result) if here else None,
             )
         )
     return rows
+
+
+def _time_by_group(result: results.Result) -> str | None:
+    profile = result.metrics.profile if result.metrics else None
+    return None if profile is None else f"where the time goes: {profile.summary()}"
 
 
 def _notes(result: results.Result) -> list[str]:
@@ -184,8 +191,11 @@ def _row_html(row: Row) -> str:
     cells.append(f'<td class="status {e(row.status)}"{title}>{status}</td>')
     for metric, _, digits in COLUMNS:
         graph = f"asv.html#{row.asv_class}.track_{metric}"
+        hint = row.time_by_group if metric == "step_time_ms" else None
+        tooltip = f' title="{e(hint)}"' if hint else ""
         cells.append(
-            f'<td class="num"><a href="{e(graph)}">{_num(row.values[metric], digits)}</a></td>'
+            f'<td class="num"{tooltip}><a href="{e(graph)}">'
+            f"{_num(row.values[metric], digits)}</a></td>"
         )
     noise = "-" if row.noise_pct is None else f"±{row.noise_pct:.1f}%"
     if row.mde_pct is not None:
@@ -286,7 +296,7 @@ def render(
     from stagebench import regress
 
     results_dir = Path(results_dir)
-    store = store or results_dir / "stagebench-results.jsonl"
+    store = store or results_dir / results.STORE_NAME
     order = git_order()
     history = load(results_dir, order=order)
     stored = _stage_names(store)

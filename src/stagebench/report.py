@@ -100,17 +100,32 @@ def distributed_lines(results: Iterable[Result]) -> list[str]:
         if d is None:
             continue
         exposed = "" if d.comm_exposed_pct is None else f", {d.comm_exposed_pct:.1f}% exposed"
+        share = (
+            f"{d.comm_busy_pct:.1f}% of the step{exposed}"
+            if d.comm_busy_pct is not None
+            else f"share unknown ({d.comm_source})"
+        )
         lines.append(
             f"{r.stage}: {d.nproc} ranks ({d.backend}): {r.metrics.tokens_per_s:,.0f} tokens/s "
-            f"({d.tokens_per_s_per_gpu:,.0f} per GPU); collectives {d.comm_busy_pct:.1f}% of the "
-            f"step{exposed}; peak reserved GiB per rank {_gib_list(d.peak_reserved_gib_per_rank)}"
+            f"({d.tokens_per_s_per_gpu:,.0f} per GPU); collectives {share}; "
+            f"peak reserved GiB per rank {_gib_list(d.peak_reserved_gib_per_rank)}"
         )
     return lines
 
 
+def profile_lines(results: Iterable[Result]) -> list[str]:
+    """Where each profiled stage's time goes: its largest kernel groups and the host gap."""
+    return [
+        f"{r.stage}: time by kernel group: {r.metrics.profile.summary()}"
+        for r in results
+        if r.status == "ok" and r.metrics is not None and r.metrics.profile is not None
+    ]
+
+
 def print_results(results: list[Result], console: Console, title: str | None = None) -> None:
     console.print(results_table(results, title))
-    for line in reasons(results) + fallback_lines(results) + distributed_lines(results):
+    lines = reasons(results) + fallback_lines(results) + distributed_lines(results)
+    for line in lines + profile_lines(results):
         console.print(f"  {line}", markup=False, highlight=False)
     legend = (
         "MFU %/TFLOPS: the seed's formula (6N + attention, vs 989 TFLOPS), from the median step. "

@@ -20,15 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stagebench import stats
 from stagebench.workload import Workload
 
 # A new status is additive: older readers skip such a line with a warning and read the rest, so
 # `cancelled` did not bump the schema.
 # 2: Metrics.distributed (FSDP2 runs), alloc_retries. 3: Metrics.compile (graph breaks,
-# recompiles, frames run eagerly). Older lines still load: they lack only the new fields.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# recompiles, frames run eagerly). 4: Metrics.samples (every step's time) and Metrics.profile
+# (where the time goes). Older lines still load: they lack only the new fields.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+SAMPLE_DECIMALS = 4  # ms: 0.1 us, below a CUDA event's resolution; keeps a 60-step line small
 BOM = "\ufeff".encode()
+STORE_NAME = "stagebench-results.jsonl"  # the store asv's suite keeps inside its results
 
 STATUSES: dict[str, str] = {
     "ok": "ran and was measured",
@@ -56,7 +60,8 @@ class DistributedMetrics:
     step_time_ms_median_per_rank: list[float]
     peak_allocated_gib_per_rank: list[float] | None
     peak_reserved_gib_per_rank: list[float] | None
-    comm_busy_pct: float  # share of the step with a collective running, mean over ranks
+    comm_busy_pct: float | None  # share of the step with a collective running, mean over ranks;
+    # None where the profile failed (schema 4; comm_source says why)
     comm_exposed_pct: float | None  # ... with a collective and no compute (GPU profiles only)
     comm_source: str
 
@@ -95,6 +100,64 @@ class CompileMetrics:
 
 
 @dataclass
+class Samples:
+    """Every step's time in ms, in order, rounded to SAMPLE_DECIMALS: enough to recompute the
+    statistics from the Result alone. Under torchrun each step's time is the slowest rank's.
+    Step 0 is `Metrics.first_step_s` (wall time, compile and all), not repeated here."""
+
+    warmup_ms: list[float]  # steps 1 .. warmup_steps - 1: timed, never summarized
+    measured_ms: list[float]  # the steps the median, IQR, min, max and CI come from
+
+
+@dataclass
+class GroupTime:
+    ms_per_step: float
+    pct_of_busy: float  # on a GPU the groups can add up past 100% where streams overlap
+
+
+@dataclass
+class KernelTime:
+    name: str  # shortened: no `void`, namespaces or argument list
+    group: str
+    calls_per_step: float
+    ms_per_step: float
+
+
+@dataclass
+class ProfileMetrics:
+    """Where the time of a few steps after the timed ones went (profile.py).
+
+    source says what a "kernel" is: CUDA kernels, memcpys and memsets on the device timeline, or
+    on a CPU every aten op's self time (the time in it outside the ops it called). Busy is the
+    union of kernel intervals (GPU) or the sum of op self times (CPU); the host gap is the wall
+    time minus busy: the device idle between kernels (launch overhead, Python, syncs)."""
+
+    source: str
+    steps: int
+    wall_ms_per_step: float
+    busy_ms_per_step: float
+    host_gap_ms_per_step: float
+    groups: dict[str, GroupTime]  # every group seen (the store sorts keys: order by time)
+    kernels: list[KernelTime]  # the largest, by time per step
+    kernels_seen: int  # distinct (name, group) pairs; those not listed are in rest_ms_per_step
+    rest_ms_per_step: float
+    memory_gib: dict[str, float] = field(default_factory=dict)  # by category, see profile.py
+    cost_s: float = 0.0  # what profiling added to the stage's wall time: steps, parse, reduce
+
+    def summary(self, top: int = 3) -> str:
+        """One line for people: the largest groups' shares of the busy time, and the host gap's
+        of the wall time."""
+        largest = sorted(self.groups.items(), key=lambda item: -item[1].ms_per_step)[:top]
+        shares = ", ".join(f"{g} {t.pct_of_busy:.0f}%" for g, t in largest)
+        gap = (
+            100.0 * self.host_gap_ms_per_step / self.wall_ms_per_step
+            if self.wall_ms_per_step
+            else 0
+        )
+        return f"{shares or 'no kernels'}; host gap {gap:.0f}% of the step"
+
+
+@dataclass
 class Metrics:
     """Everything the runner measured; every number carries its unit in its name."""
 
@@ -130,6 +193,8 @@ class Metrics:
     distributed: DistributedMetrics | None = None
     alloc_retries: int | None = None  # the CUDA caching allocator's retries (most of any rank)
     compile: CompileMetrics | None = None  # compiling stages only (schema 3)
+    samples: Samples | None = None  # every step's time (schema 4)
+    profile: ProfileMetrics | None = None  # where the time goes (schema 4); None: off or failed
 
     # Flat names for the compile counts: the metric table reads Metrics attributes.
     @property
@@ -139,6 +204,14 @@ class Metrics:
     @property
     def recompiles(self) -> int | None:
         return None if self.compile is None else self.compile.recompiles
+
+
+def summary_from_samples(metrics: Metrics) -> stats.Summary | None:
+    """The step-time statistics recomputed from the Result's own samples (None before schema
+    4): the same function the runner used, on the same (rounded) numbers."""
+    if metrics.samples is None or not metrics.samples.measured_ms:
+        return None
+    return stats.summarize(metrics.samples.measured_ms)
 
 
 def metric_value(metrics: dict[str, Any], key: str) -> Any:
@@ -202,9 +275,26 @@ class Result:
                 metrics["compile"] = CompileMetrics(
                     **_object(metrics["compile"], "metrics.compile")
                 )
+            if metrics.get("samples") is not None:
+                metrics["samples"] = Samples(**_object(metrics["samples"], "metrics.samples"))
+            if metrics.get("profile") is not None:
+                metrics["profile"] = _profile(_object(metrics["profile"], "metrics.profile"))
             fields["metrics"] = Metrics(**metrics)
         fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (older lack only new fields)
         return cls(**fields)
+
+
+def _profile(data: dict[str, Any]) -> ProfileMetrics:
+    groups = _object(data.get("groups"), "metrics.profile.groups")
+    data["groups"] = {
+        name: GroupTime(**_object(g, f"metrics.profile.groups.{name}"))
+        for name, g in groups.items()
+    }
+    kernels = data.get("kernels")
+    if not isinstance(kernels, list):
+        raise ValueError(f"metrics.profile.kernels is a JSON array, not {type(kernels).__name__}")
+    data["kernels"] = [KernelTime(**_object(k, "metrics.profile.kernels[]")) for k in kernels]
+    return ProfileMetrics(**data)
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Read top-down: build the seeded model, let the stage's optimizations change it, run step 0 alone
 (compile and autotune cost lands there), the remaining warm-up steps, then measured steps timed on
-the device (CUDA events; perf_counter on a CPU) until the median is known well enough.
+the device (CUDA events; perf_counter on a CPU) until the median is known well enough, then a few
+steps under the profiler (profile.py): where the time goes, never in a timed step.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stagebench import distributed, flops, optim, stats
+from stagebench import distributed, flops, optim, profile, stats
 from stagebench.models import build_model, decoder_layers, load_config, parameter_count
 from stagebench.optim import compile as compile_opt
-from stagebench.results import DistributedMetrics, Metrics
+from stagebench.results import SAMPLE_DECIMALS, DistributedMetrics, Metrics, Samples
 from stagebench.stages import Stage
 from stagebench.workload import Workload
 
@@ -145,12 +146,11 @@ def _build_and_measure(
         if rank:  # after the optimizations, as torchtitan orders it: shard what will run
             ctx.notes["fsdp"] = distributed.shard(model, decoder_layers(model), dtype)
         optimizer = make_optimizer(model, device)
-        extra = distributed.PROFILE_STEPS if rank else 0
         batches = synthetic_batches(
             model.config.vocab_size,
             workload,
             device,
-            workload.warmup_steps + workload.max_steps + extra,
+            workload.warmup_steps + workload.max_steps + _profiled_steps(workload, rank),
             rank.rank if rank else 0,
         )
         _sync(device)
@@ -158,6 +158,8 @@ def _build_and_measure(
         run = _timed_loop(model, optimizer, batches, workload, device, rank, ctx.call_kwargs)
         metrics = _metrics(model, run, ctx, workload, device)
         metrics.model_init_s = model_init_s
+        metrics.samples = Samples(warmup_ms=run.warmup_ms, measured_ms=run.times_ms)
+        metrics.profile = _profile_record(run, workload, rank, metrics.notes)
         if stage.compiles:
             metrics.compile = compile_opt.observed()
     return metrics
@@ -177,6 +179,7 @@ class TimedRun:
     """The raw measurements, merged over ranks where there are several."""
 
     times_ms: list[float]  # per measured step; the slowest rank's time for that step
+    warmup_ms: list[float]  # steps 1 .. warmup_steps - 1, the same way
     first_step_s: float
     loss_first: float  # mean over ranks
     loss_last: float
@@ -185,7 +188,20 @@ class TimedRun:
     peak_reserved_gib: list[float] | None
     alloc_retries: list[int] | None
     per_rank_median_ms: list[float] = field(default_factory=list)
-    comm: list[tuple[distributed.CommTime, float]] = field(default_factory=list)  # per rank
+    comm: list[tuple[distributed.CommTime, float] | None] = field(default_factory=list)  # per rank
+    capture: profile.Capture | None = None  # this rank's profiled steps
+    profile_note: str | None = None  # why there is no capture
+    memory_gib: dict[str, float] = field(default_factory=dict)  # by category, this rank's
+
+
+def _profiled_steps(workload: Workload, rank) -> int:
+    """Steps run under the profiler after the timed ones. Under torchrun the collectives' share
+    of the step needs a profile even when the kernel record is off."""
+    return workload.profile_steps or (distributed.PROFILE_STEPS if rank else 0)
+
+
+def _rounded(times_ms: list[float]) -> list[float]:
+    return [round(t, SAMPLE_DECIMALS) for t in times_ms]
 
 
 def _timed_loop(
@@ -203,8 +219,12 @@ def _timed_loop(
     _sync(device)
     first_step_s = time.perf_counter() - t0
     loss_first, grad_norm_first = loss0.item(), grad_norm0.item()
+    # Timed like the measured steps (events, no sync between steps), kept, never summarized.
+    warm = CudaTimer() if device.type == "cuda" else HostTimer()
     for i in range(1, workload.warmup_steps):
+        warm.start()
         step(batches[i])
+        warm.stop()
 
     timer = CudaTimer() if device.type == "cuda" else HostTimer()
     loss = loss0
@@ -221,12 +241,66 @@ def _timed_loop(
                 done = distributed.rank0_decides(done, device)
             if done:
                 break
-    times = timer.times_ms(all_steps=True)
+    # Rounded before anything is computed from them: the stored samples give back the stored
+    # statistics exactly.
+    times = _rounded(timer.times_ms(all_steps=True))
+    warmup_ms = _rounded(warm.times_ms(all_steps=True))
     memory = _peak_memory(device)
-    run = TimedRun(times, first_step_s, loss_first, loss.item(), grad_norm_first, *memory)
+    run = TimedRun(
+        times, warmup_ms, first_step_s, loss_first, loss.item(), grad_norm_first, *memory
+    )
+    profiled = _profiled_steps(workload, rank)
+    if profiled:
+        if workload.profile_steps:
+            run.memory_gib = _memory_by_category(model, optimizer, device)
+        spare = iter(batches[workload.warmup_steps + measured :])
+        run.capture, run.profile_note = _capture(lambda: step(next(spare)), profiled, device, rank)
     if rank:
-        _merge_ranks(run, step, batches[workload.warmup_steps + measured :], device)
+        _merge_ranks(run, device)
     return run
+
+
+def _memory_by_category(model, optimizer, device) -> dict[str, float]:
+    try:
+        return profile.memory_by_category(model, optimizer, device)
+    except Exception:  # a nicety of the profile record, never a reason to fail the stage
+        return {}
+
+
+def _capture(step, steps: int, device, rank) -> tuple[profile.Capture | None, str | None]:
+    """The profiled steps; a profiler that fails leaves no capture and a reason, never a failed
+    stage. Under torchrun a failing *step* still fails the rank: its peers wait in that step's
+    collectives, and a rank that stops must exit non-zero."""
+    try:
+        return profile.capture(step, steps, device), None
+    except profile.ProfilerFailed as exc:
+        return None, str(exc)
+    except Exception as exc:
+        if rank:
+            raise
+        return None, f"a profiled step failed: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _profile_record(run: TimedRun, workload: Workload, rank, notes: dict[str, str]):
+    """The profile stored in the Result (rank 0's under torchrun), or None with the reason in
+    the notes."""
+    if not workload.profile_steps:
+        notes["profile"] = "off (profile_steps=0)"
+        return None
+    if run.capture is None:
+        notes["profile"] = f"failed: {run.profile_note}"
+        return None
+    try:
+        record = profile.reduce(run.capture, run.memory_gib)
+    except profile.ProfilerFailed as exc:
+        notes["profile"] = f"failed: {exc}"
+        return None
+    except Exception as exc:
+        notes["profile"] = f"failed: could not reduce the trace: {type(exc).__name__}: {exc}"
+        return None
+    if rank:
+        record.source += f"; rank {rank.rank} of {rank.world_size}"
+    return record
 
 
 def _peak_memory(device) -> tuple[list[float], list[float], list[int]] | tuple[None, None, None]:
@@ -243,16 +317,26 @@ def _peak_memory(device) -> tuple[list[float], list[float], list[int]] | tuple[N
     )
 
 
-def _merge_ranks(run: TimedRun, step, spare_batches, device) -> None:
-    """Profile the collectives (after the timed steps), then merge every rank's numbers."""
-    spare = iter(spare_batches)
-    comm = distributed.profiled_comm(lambda: step(next(spare)), device)
+def _merge_ranks(run: TimedRun, device) -> None:
+    """The collectives' share from this rank's profile, then every rank's numbers merged."""
+    comm = None
+    if run.capture is not None:
+        events = [(e.name, e.on_device, e.start_us, e.end_us) for e in run.capture.events]
+        comm = (distributed.comm_time(events), run.capture.wall_ms)
     run.loss_first = distributed.mean(run.loss_first, device)
     run.loss_last = distributed.mean(run.loss_last, device)
     ranks = distributed.gather(
-        (run.times_ms, run.peak_allocated_gib, run.peak_reserved_gib, run.alloc_retries, comm)
+        (
+            run.times_ms,
+            run.peak_allocated_gib,
+            run.peak_reserved_gib,
+            run.alloc_retries,
+            comm,
+            run.warmup_ms,
+        )
     )
     run.times_ms = [max(step_times) for step_times in zip(*(r[0] for r in ranks), strict=True)]
+    run.warmup_ms = [max(step_times) for step_times in zip(*(r[5] for r in ranks), strict=True)]
     run.per_rank_median_ms = [stats.summarize(r[0]).median for r in ranks]
     if run.peak_allocated_gib is not None:  # each rank's one-rank lists, joined in rank order
         run.peak_allocated_gib = [v for r in ranks for v in r[1]]
@@ -319,10 +403,17 @@ def _metrics(model, run: TimedRun, ctx, workload: Workload, device) -> Metrics:
 
 
 def _distributed_metrics(run: TimedRun, per_gpu: float, ctx, nproc: int) -> DistributedMetrics:
-    busy = [100.0 * c.busy_ms / wall for c, wall in run.comm]
-    exposed = [
-        None if c.exposed_ms is None else 100.0 * c.exposed_ms / wall for c, wall in run.comm
-    ]
+    if None in run.comm:  # a rank's profiler failed: the share is not known
+        busy: list[float] = []
+        exposed: list[float | None] = [None]
+        source = f"no profile: {run.profile_note or 'the profiler failed on another rank'}"
+    else:
+        busy = [100.0 * c.busy_ms / wall for c, wall in run.comm]
+        exposed = [
+            None if c.exposed_ms is None else 100.0 * c.exposed_ms / wall for c, wall in run.comm
+        ]
+        steps = run.capture.steps if run.capture else distributed.PROFILE_STEPS
+        source = f"{run.comm[0][0].source}, {steps} steps after the timed"
     return DistributedMetrics(
         nproc=nproc,
         backend=distributed.backend(),
@@ -331,7 +422,7 @@ def _distributed_metrics(run: TimedRun, per_gpu: float, ctx, nproc: int) -> Dist
         step_time_ms_median_per_rank=run.per_rank_median_ms,
         peak_allocated_gib_per_rank=run.peak_allocated_gib,
         peak_reserved_gib_per_rank=run.peak_reserved_gib,
-        comm_busy_pct=sum(busy) / len(busy),
+        comm_busy_pct=sum(busy) / len(busy) if busy else None,
         comm_exposed_pct=None if None in exposed else sum(exposed) / len(exposed),
-        comm_source=f"{run.comm[0][0].source}, {distributed.PROFILE_STEPS} steps after the timed",
+        comm_source=source,
     )

@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-# Fields a stored Result may lack because it was written before they existed (schema 1: nproc).
-ADDED_LATER = ("nproc",)
+# Fields a stored Result may lack because it was written before they existed (schema 1: nproc;
+# schemas 1 to 3: profile_steps).
+ADDED_LATER = ("nproc", "profile_steps")
 _KINDS: dict[str, type] = {"str": str, "int": int, "float": float}
 _ACCEPTED = {"str": "a string", "int": "an integer", "float": "a number"}
 
@@ -31,6 +32,7 @@ class Workload:
     peak_tflops: float | None = None  # overrides the device table
     compile_cache: str | None = None  # inductor cache directory; None: the user cache
     nproc: int | None = None  # processes under torchrun, sharded with FSDP2; None: one, unsharded
+    profile_steps: int = 3  # profiled after the timed steps (where the time goes); 0: none
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -50,6 +52,7 @@ class Workload:
             ("device", self.device in ("cuda", "cpu"), "cuda or cpu"),
             ("peak_tflops", self.peak_tflops is None or self.peak_tflops > 0, "above 0"),
             ("nproc", self.nproc is None or self.nproc >= 1, "at least 1"),
+            ("profile_steps", self.profile_steps >= 0, "0 (off) or more"),
         )
         for name, ok, accepted in checks:
             if not ok:
