@@ -225,6 +225,23 @@ def test_a_gpu_trace_reduces_to_groups_kernels_and_the_host_gap():
     assert record.cost_s >= 0.5  # the capture's own cost, plus reducing it
 
 
+def test_each_marked_step_gets_its_own_groups_so_a_slow_step_shows_where():
+    """Two marked steps; the second's loss kernel is three times longer (a slow mode)."""
+    events = []
+    for i, (base, loss_us) in enumerate(((0.0, 100.0), (1000.0, 300.0))):
+        events += [
+            Event(f"{profile.STEP_MARK}{i}", False, 1, base, base + 900),
+            _gpu("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_NTT", base + 10, base + 410),
+            _gpu("liger_cross_entropy_kernel", base + 410, base + 410 + loss_us),
+        ]
+    record = profile.reduce(Capture(events, 2, 2.0, "cuda", 0.0))
+    fast, slow = record.per_step
+    assert (fast.wall_ms, slow.wall_ms) == (0.9, 0.9)
+    assert (fast.busy_ms, slow.busy_ms) == (0.5, 0.7)
+    assert fast.groups == {"matmul": 0.4, "loss": 0.1}
+    assert slow.groups == {"matmul": 0.4, "loss": 0.3}
+
+
 def test_a_gpu_trace_without_kernels_is_a_failed_profile_not_an_idle_device():
     events = [Event("aten::mm", False, 1, 0.0, 900.0)]
     with pytest.raises(profile.ProfilerFailed, match="no kernel on the device"):
@@ -309,6 +326,10 @@ def test_a_real_cpu_capture_of_a_few_matmuls():
     assert {"matmul", "activation", "elementwise"} <= set(record.groups)
     groups = sum(g.ms_per_step for g in record.groups.values())
     assert groups == pytest.approx(record.busy_ms_per_step, abs=1e-3)
+    assert len(record.per_step) == 2  # each step marked, its kernels its own
+    for step_time in record.per_step:
+        assert sum(step_time.groups.values()) == pytest.approx(step_time.busy_ms, abs=1e-3)
+        assert step_time.busy_ms <= step_time.wall_ms
 
 
 def test_memory_by_category_counts_weights_gradients_and_adam_state():

@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from stagebench.results import GroupTime, KernelTime, ProfileMetrics
+from stagebench.results import GroupTime, KernelTime, ProfileMetrics, StepTime
 
 TOP_KERNELS = 40
 GIB = 1024**3
 MS_DECIMALS = 4
 SHORT_NAME_CHARS = 120
 DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # the profiler's activity types
+STEP_MARK = "stagebench.profiled_step#"
 
 # (group, pattern), first match wins, case-insensitive. Order matters where names share words:
 # loss and rope before attention (LogSoftMax vs the attention softmax; flashinfer's rotary
@@ -136,9 +137,12 @@ def capture(step: Callable[[], Any], steps: int, device: Any) -> Capture:
     try:
         _sync(torch, device)
         start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(torch, device)
+        for i in range(steps):
+            # Each step marked and synchronised at its end: its device work lies inside its
+            # mark, so fast and slow steps can be compared group by group.
+            with torch.profiler.record_function(f"{STEP_MARK}{i}"):
+                step()
+                _sync(torch, device)
         wall_ms = 1000.0 * (time.perf_counter() - start)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -273,6 +277,7 @@ def reduce(
         for group, us in sorted(per_group.items(), key=lambda item: -item[1])
     }
     return ProfileMetrics(
+        per_step=_per_step(cap),
         source=source,
         steps=steps,
         wall_ms_per_step=round(wall_ms, MS_DECIMALS),
@@ -285,6 +290,35 @@ def reduce(
         memory_gib=dict(memory_gib or {}),
         cost_s=round(cap.elapsed_s + time.perf_counter() - t0, 3),
     )
+
+
+def _per_step(cap: Capture) -> list[StepTime]:
+    """Each marked step: the device work (GPU) or CPU kernels that started inside its mark."""
+    marks = sorted(
+        (e for e in cap.events if not e.on_device and e.name.startswith(STEP_MARK)),
+        key=lambda e: e.start_us,
+    )
+    out = []
+    for mark in marks:
+        inside = [e for e in cap.events if mark.start_us <= e.start_us < mark.end_us]
+        if cap.device == "cuda":
+            work = [e for e in inside if e.on_device]
+            kernels = [(e.name, group_of(e.name), e.end_us - e.start_us) for e in work]
+            busy_us = _union([(e.start_us, e.end_us) for e in work])
+        else:
+            kernels = _cpu_kernels([e for e in inside if e is not mark])
+            busy_us = sum(us for _, _, us in kernels)
+        groups: dict[str, float] = {}
+        for _, group, us in kernels:
+            groups[group] = groups.get(group, 0.0) + us / 1e3
+        out.append(
+            StepTime(
+                wall_ms=round((mark.end_us - mark.start_us) / 1e3, MS_DECIMALS),
+                busy_ms=round(busy_us / 1e3, MS_DECIMALS),
+                groups={g: round(ms, MS_DECIMALS) for g, ms in groups.items()},
+            )
+        )
+    return out
 
 
 def memory_by_category(model: Any, optimizer: Any, device: Any) -> dict[str, float]:

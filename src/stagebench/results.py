@@ -124,6 +124,15 @@ class KernelTime:
 
 
 @dataclass
+class StepTime:
+    """One profiled step: its wall and device-busy time and ms per kernel group."""
+
+    wall_ms: float
+    busy_ms: float
+    groups: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class ProfileMetrics:
     """Where the time of a few steps after the timed ones went (profile.py).
 
@@ -143,6 +152,10 @@ class ProfileMetrics:
     rest_ms_per_step: float
     memory_gib: dict[str, float] = field(default_factory=dict)  # by category, see profile.py
     cost_s: float = 0.0  # what profiling added to the stage's wall time: steps, parse, reduce
+    # Each profiled step on its own (wall, busy and ms per group): fast and slow steps of one
+    # run told apart kernel by kernel group. Every profiled step ends synchronised, so its
+    # device work lies inside it.
+    per_step: list[StepTime] = field(default_factory=list)
 
     def summary(self, top: int = 3) -> str:
         """One line for people: the largest groups' shares of the busy time, and the host gap's
@@ -294,6 +307,10 @@ def _profile(data: dict[str, Any]) -> ProfileMetrics:
     if not isinstance(kernels, list):
         raise ValueError(f"metrics.profile.kernels is a JSON array, not {type(kernels).__name__}")
     data["kernels"] = [KernelTime(**_object(k, "metrics.profile.kernels[]")) for k in kernels]
+    steps = data.get("per_step", [])
+    if not isinstance(steps, list):
+        raise ValueError(f"metrics.profile.per_step is a JSON array, not {type(steps).__name__}")
+    data["per_step"] = [StepTime(**_object(t, "metrics.profile.per_step[]")) for t in steps]
     return ProfileMetrics(**data)
 
 
