@@ -18,6 +18,7 @@ works offline.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -519,6 +520,8 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
             raise BadInput("give STAGE arguments or --subset, not both")
         stage_list = resolve_stages(names)
         workload = workload_from(args)
+        if args.profile_steps is None:  # noise runs measure spread, not where the time goes
+            workload = dataclasses.replace(workload, profile_steps=0)
         _check_apart(args.jsonl, args.log_dir, stage_list)
         _check_store(args.jsonl)
         _check_log_dir(args.log_dir)

@@ -41,6 +41,9 @@ from dataclasses import dataclass
 from asv import step_detect
 
 MIN_EFFECT = 0.01  # relative: below 1% nothing is a change, however quiet the metric
+# With a stage's measured noise the minimum effect is its MDE, but never below this: a peak
+# memory that five processes measured identically would otherwise call 2 MiB a regression.
+MIN_EFFECT_MEASURED = 0.001
 NOISE_FLOOR = 2.0  # a change must be at least twice one run's noise
 CONFIDENCE = 0.99  # one-sided, per judgement; the nightly re-measures before it alarms
 MIN_BASELINE = 3  # points a segment needs before its noise is believed
@@ -196,7 +199,8 @@ def compare_levels(
     margin = t_quantile(df) * sigma * math.sqrt(_median_variance(nb) + _median_variance(na))
     floor = math.log1p(MIN_EFFECT) if level_b != 0 else 0.0  # no 1% of 0
     if prior is not None and relative:
-        floor = prior.mde  # the stage's own minimum effect, not the 1% every stage gets
+        # the stage's own minimum effect, not the 1% every stage gets
+        floor = max(prior.mde, math.log1p(MIN_EFFECT_MEASURED))
         reason = reason or f"minimum effect from {prior.source}"
     bar = max(floor, NOISE_FLOOR * sigma, margin)
     verdict = SAME

@@ -151,8 +151,12 @@ def append(results_dir: Path, records: Iterable[StageNoise]) -> Path:
 
 
 def load(results_dir: Path) -> list[StageNoise]:
+    """Every readable record of a results directory's noise log, oldest first."""
+    return load_file(Path(results_dir) / LOG_NAME)
+
+
+def load_file(path: Path) -> list[StageNoise]:
     """Every readable record, oldest first; an unreadable line is skipped with a warning."""
-    path = Path(results_dir) / LOG_NAME
     try:
         data = path.read_bytes()
     except FileNotFoundError:
