@@ -156,13 +156,18 @@ def _asv_run_commit(
     src = os.path.abspath(os.path.join(checkout, "src"))
     pythonpath = os.pathsep.join(filter(None, [src, os.environ.get("ASV_PYTHONPATH")]))
     config = ["--config", conf] if conf else []
+    # The canary lane (stagebench.lanes): the overlay's interpreter, a series of its own.
+    canary = os.environ.get("STAGEBENCH_CANARY_PYTHON")
+    environment = (
+        f"canary:{canary}" if canary else f"interpreter:python{_python_version(session)}"
+    )
     # asv exits 2 when a benchmark failed; a stage failing (an OOM) is a result, not an error.
     session.run(
         "asv",
         "run",
         *config,
         "--environment",
-        f"interpreter:python{_python_version(session)}",
+        environment,
         "--set-commit-hash",
         commit,
         "--machine",

@@ -14,13 +14,21 @@ Two regressions are planted, each in the middle of three commits that land the s
 - night 6: every run compiles from scratch (inductor caches off): `first_step_s` of the compile
   stage rises about 5x while nothing else moves, a realistic timing change found against the
   noise of the warm nights before it, re-measured before alarming.
-Every other night must stay quiet (nights 1-3: history too short; night 5: night 4's failure
+Both lanes run every night: the locked stack (the shared interpreter with `stagebench-test-plant`
+1.0.0, a FAKE package of the tests, in the role of a locked library) and the canary (the newest
+release of that package from a local wheel index). Until night 3 the index holds 1.0.0 only, so
+the canary equals the lock and is not measured. On night 3 releases 1.1.0, 1.3.0 and 1.4.0 appear
+(from 1.3.0 on the package slows every optimizer step): the canary diverges from the locked lane
+that night, short history or not, and the alarm carries the release bisect's answer, 1.3.0.
+After night 3 the slow releases are yanked from the index, and the canary is the lock again.
+Every other night must stay quiet (nights 1-2: history too short; night 5: night 4's failure
 still stands and is not alarmed again).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -29,12 +37,17 @@ import sys
 import time
 from pathlib import Path
 
+import plant
 import pytest
 from project_repo import bench_env, commit, git, make_repo
+
+from stagebench import overlay, releases
 
 MATRIX = "00_sdpa,sdpa+compile-default"
 NIGHTS = 6
 FAILURE_NIGHT, RECOMPILE_NIGHT = 4, 6
+CANARY_NIGHT = 3  # releases 1.1.0, 1.3.0 (slow from here) and 1.4.0 appear; yanked after it
+CANARY_RELEASES = ("1.1.0", "1.3.0", "1.4.0")
 # Each plant is appended to its module, so no edit of the code around it can break the test.
 RUNNER = "src/stagebench/runner.py"
 RUNNER_PLANT = """
@@ -113,20 +126,35 @@ def nights(tmp_path_factory):
     git(dev, "remote", "add", "origin", str(origin))
     git(dev, "push", "-q", "origin", "main")
     cache = root / "runner-cache" / "inductor"  # the runner's persistent compile cache
+    # The runner's image: this interpreter with the locked release of the tracked package.
+    index = plant.write_wheels(root / "index", ("1.0.0",))
+    image = overlay.build(
+        ["stagebench-test-plant==1.0.0"],
+        source=releases.Source(find_links=index),
+        overlay_dir=root / "image",
+    )
+    python = image.python
+    path = f"{Path(python).parent}{os.pathsep}{Path(sys.executable).parent}"
     warm = bench_env(root / "home-0", TORCHINDUCTOR_CACHE_DIR=str(cache))
     subprocess.run(
-        [*WARM_UP, "--model", "tiny", "--seq-len", "64", "--warmup-steps", "2", "--max-steps", "3"],
+        [python, *WARM_UP[1:], "--model", "tiny", "--seq-len", "64", "--warmup-steps", "2",
+         "--max-steps", "3"],
         cwd=dev,
-        env={**warm, "PYTHONPATH": str(dev / "src")},
+        env={**warm, "PYTHONPATH": str(dev / "src"), "PATH": f"{path}{os.pathsep}{warm['PATH']}"},
         check=True,
         capture_output=True,
         timeout=900,
-    )
+    )  # fmt: skip
     load = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     done, timings = [], []
     try:
         for number in range(1, NIGHTS + 1):
             planted = _land(dev, number) if number > 1 else None
+            if number == CANARY_NIGHT:
+                plant.write_wheels(index, CANARY_RELEASES)
+            elif number == CANARY_NIGHT + 1:  # yanked: the canary is the lock again
+                for version in CANARY_RELEASES:
+                    next(index.glob(f"*-{version}-*.whl")).unlink()
             checkout = root / f"night-{number}"
             subprocess.run(["git", "clone", "-q", str(origin), str(checkout)], check=True)
             env = bench_env(
@@ -135,7 +163,12 @@ def nights(tmp_path_factory):
                 STAGEBENCH_NPROCS="",
                 TORCHINDUCTOR_CACHE_DIR=str(cache),
                 PYTHONPATH=str(checkout / "src"),
+                STAGEBENCH_LANES="locked,canary",
+                STAGEBENCH_CANARY_PACKAGES="stagebench-test-plant",
+                STAGEBENCH_CANARY_FIND_LINKS=str(index),
+                OMP_NUM_THREADS="1",  # one thread per stage: a step's noise stays far under 200 ms
             )
+            env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"  # the image's interpreter first
             env.pop("STAGEBENCH_ASV_MACHINE", None)  # the name must not need the runner's help
             codes, started = {}, time.monotonic()
             for phase in (
@@ -143,7 +176,7 @@ def nights(tmp_path_factory):
                 ["run", "--report", ".asv/report"],
                 ["store", "--remote", "origin", "--branch", "benchmark-results"],
             ):
-                command = [sys.executable, "-m", "stagebench.nightly", *phase]
+                command = [python, "-m", "stagebench.nightly", *phase]
                 run = subprocess.run(
                     _in_namespace(command, f"runner-{number}-{time.time_ns() % 10**6}"),
                     cwd=checkout,
@@ -160,7 +193,14 @@ def nights(tmp_path_factory):
     finally:
         load.kill()
         load.wait()
-    return {"nights": done, "root": root, "origin": origin, "env": env, "timings": timings}
+    return {
+        "nights": done,
+        "root": root,
+        "origin": origin,
+        "env": env,
+        "timings": timings,
+        "python": python,
+    }
 
 
 def test_alarms_fire_on_the_planted_nights_only(nights):
@@ -170,7 +210,7 @@ def test_alarms_fire_on_the_planted_nights_only(nights):
     assert verdicts == {
         1: (3, "short-history", False),
         2: (3, "short-history", False),
-        3: (3, "short-history", False),
+        3: (1, "regression", True),  # the canary, whatever the history's length
         4: (1, "regression", True),
         5: (0, "clean", False),
         6: (1, "regression", True),
@@ -203,6 +243,21 @@ def test_the_recompile_alarm_is_found_against_the_warm_nights(nights):
     assert finding["bad"] == night.head and night.planted[:7] in night.alarm
     # Step time, tokens/s and the rest did not move: no other finding that night.
     assert [f["metric"] for f in night.judged["regressions"] if f["new"]] == ["first_step_s"]
+
+
+def test_the_canary_alarm_names_the_release_that_did_it(nights):
+    night = nights["nights"][CANARY_NIGHT - 1]
+    assert "## Canary lane diverges" in night.alarm
+    assert "stagebench-test-plant 1.0.0 -> 1.4.0" in night.alarm
+    assert "slower in the canary" in night.alarm and "**new**" in night.alarm
+    assert "first bad: stagebench-test-plant 1.3.0 (last good 1.1.0)" in night.alarm
+    assert "stagebench bisect-release stagebench-test-plant 1.0.0 1.4.0 --stage" in night.alarm
+    # The canary is a series of its own in the history, beside the locked lane.
+    results = night.checkout / ".asv" / "results"
+    assert list(results.glob("*/*-canary-py*.json")) and list(results.glob("*/*-interpreter-*"))
+    others = [n for n in nights["nights"] if n.number != CANARY_NIGHT]
+    summaries = [(n.checkout / ".asv" / "report" / "summary.md").read_text() for n in others]
+    assert all("the newest releases are the locked ones: not measured" in s for s in summaries)
 
 
 def test_a_standing_regression_is_reported_not_alarmed_again(nights):
@@ -241,7 +296,7 @@ def test_one_machine_series_whatever_the_hostname(nights):
     last = nights["nights"][-1].checkout / ".asv" / "results"
     machines = [p.parent.name for p in last.glob("*/machine.json")]
     assert len(machines) == 1 and machines[0].startswith("cpu-")
-    files = [p.name for p in (last / machines[0]).glob("*.json") if p.name != "machine.json"]
+    files = [p.name for p in (last / machines[0]).glob("*-interpreter-*.json")]
     assert len(files) == NIGHTS and len({f.split("-", 1)[1] for f in files}) == 1, files
     log = [
         json.loads(line) for line in (last / "stagebench-machines.jsonl").read_text().splitlines()

@@ -91,3 +91,11 @@ class InterpreterEnvironment(ExistingEnvironment):
     @classmethod
     def matches(cls, python: str) -> bool:
         return False  # only ever chosen by name
+
+
+class CanaryEnvironment(InterpreterEnvironment):
+    """The canary lane (lanes.py): an overlay's interpreter holding the newest releases of the
+    tracked packages, named `canary-py3.11` so its results are a series of their own beside the
+    locked lane's. Selected with `--environment canary:/path/to/overlay/bin/python`."""
+
+    tool_name = "canary"

@@ -195,6 +195,11 @@ def _class_name(stage: stages.Stage, nproc: int | None = None) -> str:
     return "Stage_" + re.sub(r"\W", "_", stage.name) + gpus
 
 
+def class_name(stage: stages.Stage, nproc: int | None = None) -> str:
+    """The asv class a stage (on `nproc` GPUs) is measured in: `Stage_00_sdpa`."""
+    return _class_name(stage, nproc)
+
+
 def class_name_of(result: results.Result) -> str:
     """The asv class a stored Result was measured for (the reverse of _make_class's naming)."""
     nproc = (result.workload or {}).get("nproc")

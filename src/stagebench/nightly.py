@@ -289,8 +289,15 @@ def _finding_lines(finding) -> list[str]:
     return [*lines, "", "```sh", finding.bisect, "```", ""]
 
 
-def _alarm(findings: list, machine: str, commit: str, notes: list[str]) -> str:
-    title = "Nightly regression" if findings else "Nightly machine change"
+def _alarm(
+    findings: list, machine: str, commit: str, notes: list[str], canary: list[str] = ()
+) -> str:
+    diverged = any(line.endswith("**new**") for line in canary)
+    title = (
+        "Nightly regression"
+        if findings
+        else ("Canary lane diverges" if diverged else "Nightly machine change")
+    )
     lines = ["<!-- stagebench-nightly-alarm -->", f"## {title} on `{machine}` at `{commit[:12]}`"]
     run_url = os.environ.get("STAGEBENCH_RUN_URL")
     lines += ["", f"Run: {run_url}", ""] if run_url else [""]
@@ -298,6 +305,8 @@ def _alarm(findings: list, machine: str, commit: str, notes: list[str]) -> str:
         lines += _finding_lines(finding)
     if notes:
         lines += ["### Machine", "", *[f"- {n}" for n in notes], ""]
+    if diverged:
+        lines += list(canary)
     return "\n".join(lines)
 
 
@@ -362,14 +371,108 @@ def _remeasure(report, results_dir: Path, out: Path, env: dict) -> None:
 
 
 def _nights(results: Path, machine: str) -> int:
-    folder = results / machine
-    return sum(1 for p in folder.glob("*.json") if p.name != "machine.json")
+    """Nights of the locked lane (asv names each file <commit>-<environment>.json)."""
+    return sum(1 for p in (results / machine).glob("*-interpreter-*.json"))
+
+
+def _python_version() -> str:
+    return "{}.{}".format(*sys.version_info[:2])
+
+
+def _tonight(store: Path, commit: str) -> dict[tuple[str, str], object]:
+    """(lane, stage class) -> tonight's Result; a Result measured in an overlay is the
+    canary's (its env names the overlay)."""
+    from stagebench import lanes
+    from stagebench import results as stored
+    from stagebench.asv_suite import class_name_of
+
+    found: dict[tuple[str, str], object] = {}
+    for result in stored.load(store):
+        if (result.env or {}).get("commit") != commit:
+            continue
+        lane = lanes.CANARY if (result.env or {}).get("overlay") else lanes.LOCKED
+        try:
+            found[(lane, f"stages.{class_name_of(result)}")] = result
+        except Exception:  # a stage this checkout no longer knows
+            continue
+    return found
+
+
+def _canary(results: Path, report: Path, env: dict, name: str, commit: str, asv_args: list):
+    """The canary lane: build it, measure it through asv, find and bisect what diverges from
+    the locked lane. Returns (state, moved packages, divergences)."""
+    from stagebench import history, lanes, noise, overlay, releases
+
+    base = overlay.base_info()
+    tracked = lanes.followed(base.packages)
+    if not tracked:
+        return "no tracked package in the locked stack", [], []
+    src = lanes.source()
+    try:
+        built = overlay.build(tracked, source=src)
+    except overlay.Incompatible as exc:
+        why = f"not built: the newest releases do not install or import here ({exc.reason})"
+        return why, [], []
+    except (overlay.OverlayError, releases.ReleaseError) as exc:
+        return f"not built: {exc}", [], []
+    moved = lanes.moved(built.changed, tracked)
+    changes = [f"{n} {o} -> {v}" for n, o, v in moved]
+    if not moved:
+        return "the newest releases are the locked ones: not measured", [], []
+    bench = _step(
+        [sys.executable, "-m", "nox", "-s", "bench", "--", *asv_args],
+        {**env, "STAGEBENCH_CANARY_PYTHON": built.python},
+    )
+    if bench != 0:
+        return f"measured, but `nox -s bench` exited {bench}", changes, []
+    judged = history.load(results, machine=name, order=history.git_order())
+    found = lanes.divergences(
+        judged,
+        name,
+        commit,
+        _python_version(),
+        _tonight(Path(env["STAGEBENCH_STORE"]), commit),
+        noise.priors(noise.load(results), name),
+    )
+    lanes.mark_standing(found, lanes.read_log(results), name, changes)
+    for i, d in enumerate(d for d in found if d.alarms):
+        if i < lanes.MAX_BISECTS:
+            d.answer = lanes.bisect(d, moved, report / "bisect" / d.stage, src)
+        else:
+            why = f"not bisected tonight ({lanes.MAX_BISECTS} a night): run it"
+            d.answer = {"lines": [why], "command": lanes.command(d, moved)}
+    lanes.append_log(results, lanes.log_entry(name, commit, changes, "measured", found))
+    return "measured", changes, found
+
+
+def _canary_lines(state: str, changes: list[str], found: list) -> list[str]:
+    lines = ["### Canary lane", "", f"- {state}"]
+    if changes:
+        lines.append(f"- newest releases: {', '.join(changes)}")
+    if not found and state == "measured":
+        lines.append("- no stage diverges from the locked lane beyond its noise")
+    for d in found:
+        change = "" if d.change_pct is None else f" {d.change_pct:+.1f}%"
+        bar = "" if d.bar_pct is None else f" (bar {d.bar_pct:.1f}%)"
+        when = "**new**" if d.alarms else ("standing" if d.kind in ("failed", "slower") else "")
+        lines.append(f"- `{d.stage}`: {d.kind} in the canary{change}{bar} {when}".rstrip())
+        if d.answer:
+            lines += [f"  - {line}" for line in d.answer.get("lines", [d.answer.get("message")])]
+            if d.answer.get("tried"):
+                lines.append(f"  - releases tried: {'; '.join(d.answer['tried'])}")
+            if d.answer.get("command"):
+                lines.append(f"  - `{d.answer['command']}`")
+    return [*lines, ""]
 
 
 def run(results: Path, report: Path, asv_args: list[str]) -> int:
-    from stagebench import history
+    from stagebench import history, lanes
     from stagebench import machine as machines
 
+    try:
+        chosen = lanes.parse_lanes(os.environ.get("STAGEBENCH_LANES") or lanes.LOCKED)
+    except lanes.LaneError as exc:
+        raise BadInput(str(exc)) from None
     if report.exists() and not report.is_dir():
         raise BadInput(f"--report {report} is a file; give a directory")
     if results.exists() and not results.is_dir():
@@ -421,28 +524,39 @@ def run(results: Path, report: Path, asv_args: list[str]) -> int:
     from stagebench import regress
 
     header = [f"Nightly on `{name}` at `{commit[:12]}`.", *[f"- {n}" for n in notes], ""]
+    canary: list[str] = []
+    if lanes.CANARY in chosen:
+        state, moved, found = _canary(results, report, env, name, commit, asv_args)
+        canary = _canary_lines(state, moved, found)
+        if any(d.alarms for d in found):
+            notes = [*notes, "the canary lane diverges from the locked lane: see below"]
     nights = _nights(results, name)
     short = nights < MIN_NIGHTS
+    locked_env = lanes.env_name(lanes.LOCKED, _python_version())
     try:
         # The checkout's commit order, not author dates: a rebased or fast-forwarded commit is
-        # tonight's even when it was written before last night's.
-        judged = regress.check(results, machine=name, order=history.git_order())
+        # tonight's even when it was written before last night's. The history's alarms are the
+        # locked lane's; the canary alarms by its divergence from it (above).
+        judged = regress.check(results, machine=name, order=history.git_order(), env=locked_env)
     except regress.CannotJudge as exc:
         why = (
             f"history too short to judge: {nights} night(s) on `{name}`, {MIN_NIGHTS} needed"
             if short
             else f"cannot judge: {exc}"
         )
-        if notes and not mine:
-            _write(report, "alarm.md", _alarm([], name, commit, notes))
+        alarm_canary = any(line.endswith("**new**") for line in canary)
+        if (notes and not mine) or alarm_canary:
+            _write(report, "alarm.md", _alarm([], name, commit, notes, canary))
+        if alarm_canary:
+            return _finish(report, "regression", [*header, f"**{why}**", "", *canary], REGRESSION)
         verdict = "short-history" if short else "cannot-judge"
-        return _finish(report, verdict, [*header, f"**{why}**"], CANNOT_JUDGE)
+        return _finish(report, verdict, [*header, f"**{why}**", "", *canary], CANNOT_JUDGE)
     if judged.new:  # one run under a burst of load must not alarm: measure it again
         _remeasure(judged, results, report / "remeasured", env)
     _write(report, "regressions.json", regress.to_json(judged))
-    summary = [*header, regress.to_markdown(judged)]
-    if judged.alarms:
-        _write(report, "alarm.md", _alarm(judged.alarms, name, commit, notes))
+    summary = [*header, regress.to_markdown(judged), "", *canary]
+    if judged.alarms or any(line.endswith("**new**") for line in canary):
+        _write(report, "alarm.md", _alarm(judged.alarms, name, commit, notes, canary))
         return _finish(report, "regression", summary, REGRESSION)
     if short:  # a failure can be judged from two nights on, a metric not before four
         summary.append(

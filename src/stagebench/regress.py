@@ -159,10 +159,16 @@ def check(
     machine: str | None = None,
     benchmark: str | None = None,
     order: list[str] | None = None,
+    env: str | None = None,
 ) -> Report:
     """Load the history and judge every benchmark whose better direction is known. `order`:
-    commits oldest first (see history.load); the newest is the last of it that was measured."""
+    commits oldest first (see history.load); the newest is the last of it that was measured.
+    `env`: one asv environment only (the nightly alarms on its locked lane)."""
     history: History = load(results_dir, machine, benchmark, order)
+    if env is not None:
+        history.series = {s: v for s, v in history.series.items() if s.env == env}
+        if not history.series:
+            raise CannotJudge(f"no results of environment {env!r} in {results_dir}")
     commits = history.commits()
     rank = {commit: i for i, commit in enumerate(order or ())}
     newest = max(
