@@ -9,7 +9,8 @@
 #               status change (03_liger_sdpa_compile) and a metric (02_liger_sdpa); 0.6.5 is
 #               the first release that imports under transformers 5
 #   4 noise     separate processes per stage, round by round, until the machine is taken back
-#   usage: scripts/h100_session.sh CAND_DIR
+#   usage: scripts/h100_session.sh CAND_DIR   (liger-kernel wheels, directly in it: a carried
+#   folder travels one level deep)
 set -uo pipefail
 cand=${1:?usage: $0 CAND_DIR}
 job=${JOB:?run through scripts/h100_bg.sh start}
@@ -42,10 +43,10 @@ timed steps stagebench run 02_liger_sdpa --profile-steps 20 --jsonl "$job/liger-
 # The bisects keep their Results apart from the history, with the night's reference beside them.
 grep '"spec": "sdpa"' "$STAGEBENCH_STORE" | grep '"status": "ok"' | tail -n 1 > "$job/bisect.jsonl"
 timed bisect-status stagebench bisect-release liger-kernel 0.6.5 0.8.5 \
-    --stage 03_liger_sdpa_compile --find-links "$cand/liger-kernel" --jsonl "$job/bisect.jsonl" \
+    --stage 03_liger_sdpa_compile --find-links "$cand" --jsonl "$job/bisect.jsonl" \
     --format md
 timed bisect-metric stagebench bisect-release liger-kernel 0.6.5 0.8.5 --stage 02_liger_sdpa \
-    --find-links "$cand/liger-kernel" --jsonl "$job/bisect.jsonl" --format md
+    --find-links "$cand" --jsonl "$job/bisect.jsonl" --format md
 
 timed noise stagebench noise 01_kernelize_sdpa_compile 02_liger_sdpa 00_sdpa --runs 5 \
     --results "$job/noise" --jsonl "$job/noise-runs.jsonl"

@@ -230,8 +230,7 @@ def bisect(
     from stagebench import asv_suite, depbisect, overlay
     from stagebench.metrics import METRICS
 
-    by_class = {f"stages.{asv_suite.class_name(s)}": s for s in asv_suite.bench_stages()}
-    stage = by_class.get(d.stage_class)
+    stage = stage_of(d.stage_class)
     if stage is None:
         return {"message": f"{d.stage_class} is not a stage of tonight's suite: not bisected"}
     metric = METRICS["step_time_ms"]
@@ -278,10 +277,19 @@ def bisect(
     }
 
 
+def stage_of(stage_class: str) -> Any:
+    """The stage of tonight's suite an asv class measures (None: not in the suite)."""
+    from stagebench import asv_suite
+
+    by_class = {f"stages.{asv_suite.class_name(s)}": s for s in asv_suite.bench_stages()}
+    return by_class.get(stage_class)
+
+
 def command(d: Divergence, packages: list[tuple[str, str, str]]) -> str:
     """The release bisect of a divergence as a person runs it (lock mode: the two lanes' pins
     written as locked.lock and canary.lock)."""
-    stage = d.stage_class.removeprefix("stages.Stage_")
+    found = stage_of(d.stage_class)
+    stage = found.name if found is not None else d.stage_class.removeprefix("stages.Stage_")
     if len(packages) == 1:
         name, old, new = packages[0]
         return f"stagebench bisect-release {name} {old} {new} --stage {stage}"
