@@ -55,6 +55,9 @@ exec docker run --rm --init \
     --env HF_HUB_DISABLE_TELEMETRY=1 \
     --env STAGEBENCH_IMAGE="$image" \
     ${STAGEBENCH_ASV_MACHINE:+--env STAGEBENCH_ASV_MACHINE="$STAGEBENCH_ASV_MACHINE"} \
+    ${STAGEBENCH_LANES:+--env STAGEBENCH_LANES="$STAGEBENCH_LANES"} \
+    ${STAGEBENCH_CANARY_PACKAGES:+--env STAGEBENCH_CANARY_PACKAGES="$STAGEBENCH_CANARY_PACKAGES"} \
+    ${STAGEBENCH_CANARY_INDEX_URL:+--env STAGEBENCH_CANARY_INDEX_URL="$STAGEBENCH_CANARY_INDEX_URL"} \
     --volume "$workspace:/workspace" \
     --volume "$workspace/.git:/workspace/.git:ro" \
     --volume "$workspace/.asv/results:/workspace/.asv/results" \

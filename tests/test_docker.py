@@ -486,3 +486,13 @@ def test_image_sh_fails_without_a_registry_digest(docker_cli):
     result = _image_sh(env, "pull", "ghcr.io/o/r/gpu:0123abcd", REPO_DIGESTS=only_other)
     assert result.returncode == 1 and result.stdout == ""
     assert "no registry digest" in result.stderr
+
+
+def test_gpu_run_passes_the_lane_settings_and_nothing_unset(docker_cli):
+    workspace, env, log = docker_cli
+    result = _gpu_run(workspace, env, DIGEST, STAGEBENCH_LANES="locked,canary")
+    assert result.returncode == 0, result.stderr
+    (args,) = _calls(log)
+    passed = [v for flag, v in itertools.pairwise(args) if flag == "--env"]
+    assert "STAGEBENCH_LANES=locked,canary" in passed
+    assert not any(v.startswith("STAGEBENCH_CANARY_") for v in passed)  # unset: not passed

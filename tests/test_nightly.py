@@ -135,7 +135,8 @@ def nights(tmp_path_factory):
     )
     python = image.python
     path = f"{Path(python).parent}{os.pathsep}{Path(sys.executable).parent}"
-    warm = bench_env(root / "home-0", TORCHINDUCTOR_CACHE_DIR=str(cache))
+    # Inductor's CPU kernels are keyed by the thread count: warm with the nights' own.
+    warm = bench_env(root / "home-0", TORCHINDUCTOR_CACHE_DIR=str(cache), OMP_NUM_THREADS="1")
     subprocess.run(
         [python, *WARM_UP[1:], "--model", "tiny", "--seq-len", "64", "--warmup-steps", "2",
          "--max-steps", "3"],

@@ -25,14 +25,21 @@ from asv.plugins.virtualenv import Virtualenv
 
 PTH_NAME = "stagebench_shared_parent.pth"
 _VERSION = "import sys; print('%d.%d' % sys.version_info[:2])"
+# Its own site-packages first, then every other one on its sys.path: an interpreter that is
+# itself layered over another (an overlay, whose .pth adds the base's with site.addsitedir)
+# sees torch only there.
 _SITE_PATHS = (
-    "import json, sysconfig; "
-    "print(json.dumps(sorted({sysconfig.get_paths()[k] for k in ('purelib', 'platlib')})))"
+    "import json, sys, sysconfig; "
+    "own = [sysconfig.get_paths()[k] for k in ('purelib', 'platlib')]; "
+    "more = [p for p in sys.path if p.rstrip('/').endswith(('site-packages', 'dist-packages'))]; "
+    "print(json.dumps(list(dict.fromkeys(own + more))))"
 )
 
 
 def site_paths(python: str) -> list[str]:
-    """The site-packages directories of interpreter `python` (a venv's own, if it is one)."""
+    """The site-packages directories interpreter `python` imports from, its own first (a
+    venv's own, then those it reaches through .pth files); never a plain source directory, so
+    an editable install of the parent is not carried along."""
     return json.loads(util.check_output([python, "-c", _SITE_PATHS]))
 
 
