@@ -237,13 +237,16 @@ def test_the_failure_alarm_names_stage_metric_and_range(nights):
 
 def test_the_recompile_alarm_is_found_against_the_warm_nights(nights):
     night = nights["nights"][RECOMPILE_NIGHT - 1]
-    (finding,) = [f for f in night.judged["regressions"] if f["new"]]
+    # What alarms: new findings a re-run did not refute (one run under a burst of the machine's
+    # load may flag step time too; its re-run must then clear it).
+    alarms = [f for f in night.judged["regressions"] if f["new"] and f["confirmed"] is not False]
+    (finding,) = alarms
     assert finding["benchmark"] == "stages.Stage_sdpa_compile_default.track_first_step_s"
     assert finding["change_pct"] > 150  # a cold compile is several times a cached one
     assert finding["points_before"] >= 3 and finding["confirmed"] is True
     assert finding["bad"] == night.head and night.planted[:7] in night.alarm
-    # Step time, tokens/s and the rest did not move: no other finding that night.
-    assert [f["metric"] for f in night.judged["regressions"] if f["new"]] == ["first_step_s"]
+    # Step time, tokens/s and the rest did not move: nothing else alarms that night.
+    assert "first_step_s rise" in night.alarm and "step_time_ms rise" not in night.alarm
 
 
 def test_the_canary_alarm_names_the_release_that_did_it(nights):
