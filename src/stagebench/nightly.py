@@ -379,9 +379,10 @@ def _python_version() -> str:
     return "{}.{}".format(*sys.version_info[:2])
 
 
-def _tonight(store: Path, commit: str) -> dict[tuple[str, str], object]:
-    """(lane, stage class) -> tonight's Result; a Result measured in an overlay is the
-    canary's (its env names the overlay)."""
+def _tonight(store: Path, commit: str, canary: Path) -> dict[tuple[str, str], object]:
+    """(lane, stage class) -> tonight's Result; one measured in the canary's overlay (its env
+    names the overlay's prefix) is the canary's, any other the locked lane's (whose image may
+    itself be an overlay)."""
     from stagebench import lanes
     from stagebench import results as stored
     from stagebench.asv_suite import class_name_of
@@ -390,7 +391,8 @@ def _tonight(store: Path, commit: str) -> dict[tuple[str, str], object]:
     for result in stored.load(store):
         if (result.env or {}).get("commit") != commit:
             continue
-        lane = lanes.CANARY if (result.env or {}).get("overlay") else lanes.LOCKED
+        where = ((result.env or {}).get("overlay") or {}).get("path")
+        lane = lanes.CANARY if where and Path(where) == canary else lanes.LOCKED
         try:
             found[(lane, f"stages.{class_name_of(result)}")] = result
         except Exception:  # a stage this checkout no longer knows
@@ -431,7 +433,7 @@ def _canary(results: Path, report: Path, env: dict, name: str, commit: str, asv_
         name,
         commit,
         _python_version(),
-        _tonight(Path(env["STAGEBENCH_STORE"]), commit),
+        _tonight(Path(env["STAGEBENCH_STORE"]), commit, built.path),
         noise.priors(noise.load(results), name),
     )
     lanes.mark_standing(found, lanes.read_log(results), name, changes)
