@@ -139,3 +139,15 @@ def test_the_step_time_says_where_the_time_goes_when_the_result_has_a_profile(tm
         'step"><a href="asv.html#stages.Stage_00_sdpa.track_step_time_ms"'
     ) in page
     assert '00_sdpa</td><td class="status ok">ok</td>' in page  # no `*`: not a note
+
+
+def test_lanes_are_labelled_locked_and_canary_with_what_the_canary_moved():
+    from stagebench.history import Source
+
+    locked = frontpage._lane_label(Source("h100", "interpreter-py3.12"), [])
+    canary = frontpage._lane_label(
+        Source("h100", "canary-py3.12"), ["liger-kernel 0.8.5 -> 0.8.6"]
+    )
+    assert locked == "locked lane, the image's pins"
+    assert canary == "canary lane, the newest releases: liger-kernel 0.8.5 -> 0.8.6"
+    assert frontpage._lane_label(Source("h100", "existing-py_python3.11"), []) == ""

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stagebench import judge, noise, results
+from stagebench import judge, lanes, noise, results
 from stagebench.history import Point, Source, git_order, load
 from stagebench.machine import read_log
 from stagebench.metrics import OK_METRIC, metric_of, stage_class_of
@@ -221,7 +221,19 @@ def _row_html(row: Row) -> str:
     return "\n".join(lines)
 
 
-def _lane_html(source: Source, latest: str, when: str, facts: dict, rows: list[Row]) -> str:
+def _lane_label(source: Source, canary: list[str]) -> str:
+    """Which lane an asv environment is (lanes.py): the image's locked stack or the canary."""
+    if source.env.startswith("canary-"):
+        moved = f": {', '.join(canary)}" if canary else ""
+        return f"canary lane, the newest releases{moved}"
+    if source.env.startswith("interpreter-"):
+        return "locked lane, the image's pins"
+    return ""
+
+
+def _lane_html(
+    source: Source, latest: str, when: str, facts: dict, rows: list[Row], label: str = ""
+) -> str:
     e = html.escape
     gpu = facts.get("gpu") or facts.get("cpu") or ""
     extra = ", ".join(
@@ -246,7 +258,7 @@ def _lane_html(source: Source, latest: str, when: str, facts: dict, rows: list[R
         f"{len(rows)} stages, {bad} regressed" if bad else f"{len(rows)} stages, no regression"
     )
     return f"""<section>
-<h2>{e(source.machine)} <small>{e(source.env)}</small></h2>
+<h2>{e(source.machine)} <small>{e(source.env)}{" · " + e(label) if label else ""}</small></h2>
 <p class="meta">{e(gpu)}{" (" + e(extra) + ")" if extra else ""}. Night of {e(when)}, commit
 <code>{e(latest[:12])}</code>: {e(summary)}.</p>
 <div class="scroll"><table>
@@ -308,6 +320,7 @@ def render(
         found = {}
     log = read_log(results_dir)
     records = noise.load(results_dir)
+    lane_log = lanes.read_log(results_dir)
     sections, files = [], {}
     rank = {c: i for i, c in enumerate(order or ())}
     for source, series in sorted(history.series.items()):
@@ -325,7 +338,12 @@ def render(
         )
         when = next((e.get("date", "") for e in reversed(log) if e.get("commit") == latest), "")
         when = when.replace("T", " ")[:16] + " UTC" if when else ""
-        sections.append(_lane_html(source, latest, when or "-", facts, rows))
+        canary = next(
+            (x.get("canary", []) for x in reversed(lane_log) if x.get("machine") == source.machine),
+            [],
+        )
+        label = _lane_label(source, canary)
+        sections.append(_lane_html(source, latest, when or "-", facts, rows, label))
         for row in rows:
             if row.result_link:
                 _, result = stored.get(f"{row.asv_class}@{latest}") or stored[row.asv_class]
