@@ -48,6 +48,25 @@ class MetricNoise:
     mde_pct: float  # two single nightly runs, 95% two-sided
     within_ci_pct: float | None = None  # mean of the runs' own CI half-widths (step time)
 
+    def __post_init__(self) -> None:
+        # Records are read back from a file people can edit: a value of the wrong type or an
+        # impossible one makes the record unreadable here, never a crash in a reader later.
+        values = self.values
+        if not isinstance(values, list) or not values or not all(map(_positive, values)):
+            raise ValueError(f"values {values!r} are not a list of positive numbers")
+        if not _number(self.sigma_pct) or not self.sigma_pct >= 0:
+            raise ValueError(f"sigma_pct {self.sigma_pct!r} is not a number >= 0")
+        try:
+            mde_pct(self.sigma_pct)  # the judge takes the MDE from sigma: it must exist
+        except OverflowError:
+            raise ValueError(f"sigma_pct {self.sigma_pct!r} is too large to judge by") from None
+        if not isinstance(self.df, int) or isinstance(self.df, bool) or self.df < 1:
+            raise ValueError(f"df {self.df!r} is not a whole number >= 1")
+        if not _number(self.mde_pct):
+            raise ValueError(f"mde_pct {self.mde_pct!r} is not a number")
+        if self.within_ci_pct is not None and not _number(self.within_ci_pct):
+            raise ValueError(f"within_ci_pct {self.within_ci_pct!r} is not a number")
+
     @property
     def sigma_log(self) -> float:
         return math.log1p(self.sigma_pct / 100)
@@ -68,14 +87,47 @@ class StageNoise:
     packages: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # statuses of the runs that were not ok
 
+    def __post_init__(self) -> None:
+        for name in ("machine", "stage", "asv_class", "spec", "shape", "date"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} {getattr(self, name)!r} is not a string")
+        for name in ("protocol", "runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} {value!r} is not a whole number")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(k, str) and isinstance(v, MetricNoise) for k, v in self.metrics.items()
+        ):
+            raise ValueError("metrics is not an object of metric records")
+        if self.commit is not None and not isinstance(self.commit, str):
+            raise ValueError(f"commit {self.commit!r} is not a string")
+        if not isinstance(self.packages, dict):
+            raise ValueError(f"packages {self.packages!r} is not an object")
+        if not isinstance(self.failed, list) or not all(isinstance(f, str) for f in self.failed):
+            raise ValueError(f"failed {self.failed!r} is not a list of strings")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageNoise:
+        if not isinstance(data, dict):
+            raise ValueError(f"a noise record is a JSON object, not {type(data).__name__}")
         fields = dict(data)
-        fields["metrics"] = {k: MetricNoise(**v) for k, v in data["metrics"].items()}
+        metrics = data.get("metrics")
+        if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+            raise ValueError("metrics is not an object of metric records")
+        fields["metrics"] = {k: MetricNoise(**v) for k, v in metrics.items()}
         return cls(**fields)
+
+
+def _number(value: object) -> bool:
+    """A finite real number (JSON's true and false are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: object) -> bool:
+    return _number(value) and value > 0
 
 
 def mde_pct(sigma_pct: float) -> float:
@@ -161,13 +213,16 @@ def load_file(path: Path) -> list[StageNoise]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    except OSError as exc:  # a directory where the log should be, no permission ...
+        warnings.warn(f"{path}: skipped unreadable noise records ({exc})", stacklevel=2)
+        return []
     records = []
     for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             records.append(StageNoise.from_dict(json.loads(line.decode("utf-8-sig"))))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             warnings.warn(f"{path}:{number}: skipped unreadable noise record ({exc})", stacklevel=2)
     return records
 
@@ -199,14 +254,29 @@ def measure(
     store: Path | None = None,
     log_dir: Path | None = None,
     on_result: Any = None,
+    on_store_error: Any = None,
 ) -> list[Any]:
     """Run every stage `runs` times, each run its own process, round by round; every Result
-    goes to `store` as it ends (run_matrix's guarantees). Returns the Results."""
+    goes to `store` as it ends (run_matrix's guarantees). Returns the Results.
+
+    One cancellation spans every round: a SIGTERM or SIGINT, even between two rounds, stores the
+    stage it stopped, starts no further run and raises isolate.Cancelled once the rounds end."""
+    from stagebench.isolate import cancellation
     from stagebench.matrix import run_matrix
 
     done = []
-    for _ in range(runs):
-        done += run_matrix(stage_list, workload, store=store, log_dir=log_dir, on_result=on_result)
+    with cancellation() as cancel:
+        for _ in range(runs):
+            if cancel.signum:
+                break
+            done += run_matrix(
+                stage_list,
+                workload,
+                store=store,
+                log_dir=log_dir,
+                on_result=on_result,
+                on_store_error=on_store_error,
+            )
     return done
 
 

@@ -1,0 +1,236 @@
+"""Defects found by hostile use of the newer features: noise records, release bisects and their
+overlays, Result schema 4 with compare --explain, and the judge's per-stage thresholds.
+
+One test per defect; each failed against the code it was written for and passes since its fix.
+Its docstring says what the input was, what went wrong and what should happen. Nothing here runs
+a stage: measurements are planted, so every test takes a moment.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from asv_history import MACHINE, STAGE, noisy, speed_family, write_history
+
+from stagebench import PROTOCOL_VERSION, frontpage, noise, regress
+from stagebench.cli import main as cli
+
+
+def _noise_record(**changes: object) -> dict:
+    """A noise record as `stagebench noise` writes it, with `changes` to its step-time entry
+    (keys of MetricNoise) or to the record itself."""
+    step = {"values": [240.0, 240.2, 239.9], "sigma_pct": 0.08, "df": 2, "mde_pct": 0.22}
+    step.update({k: v for k, v in changes.items() if k in step})
+    record = {
+        "machine": MACHINE,
+        "stage": "00_sdpa",
+        "asv_class": STAGE,
+        "spec": "sdpa",
+        "shape": "b1x2048",
+        "protocol": PROTOCOL_VERSION,
+        "runs": 3,
+        "metrics": {"step_time_ms": step},
+        "date": "2026-12-01",
+        "commit": None,
+        "packages": {},
+        "failed": [],
+    }
+    record.update({k: v for k, v in changes.items() if k not in step})
+    return record
+
+
+def _history_with_noise(tmp_path: Path, lines: list[str]) -> Path:
+    steps = [*noisy(3, 8, 240.0, 0.0008), 240.0 * 1.006]
+    write_history(tmp_path, speed_family(steps))
+    (tmp_path / noise.LOG_NAME).write_text("".join(line + "\n" for line in lines))
+    return tmp_path
+
+
+# -- noise records -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"df": "4"},
+        {"sigma_pct": "0.08"},
+        {"sigma_pct": 1e300},
+        {"values": []},
+        {"values": "240"},
+        {"date": None},
+        {"asv_class": ["stages.Stage_00_sdpa"]},
+    ],
+    ids=lambda c: "-".join(f"{k}={v!r}"[:24] for k, v in c.items()),
+)
+def test_a_hand_edited_noise_record_is_skipped_not_a_crash_of_every_reader(tmp_path, changes):
+    """A noise record with a wrong type (df "4", a date of null, a list for the class...) or a
+    sigma so large its MDE overflows loaded "fine" and then crashed `regressions`, `compare`,
+    the front page and `noise --show` (TypeError, OverflowError: exit 4 with a traceback).
+    Such a record must be skipped with a warning, like any unreadable line, and the history
+    judged without it."""
+    bad = json.dumps(_noise_record(**changes))
+    results_dir = _history_with_noise(tmp_path, [bad])
+    with pytest.warns(UserWarning, match="skipped unreadable noise record"):
+        assert noise.load(results_dir) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = regress.check(results_dir)  # judged as if there were no record
+        assert not report.regressions  # 0.6% is under the default 1% without the record
+        frontpage.render(results_dir)
+        assert cli(["noise", "--show", "--results", str(results_dir)]) == 3
+
+
+def test_a_directory_where_the_noise_log_should_be_is_skipped_by_readers(tmp_path, capsys):
+    """`stagebench-noise.jsonl` as a directory (a bad merge, a stray mkdir) made every reader
+    of the history crash with IsADirectoryError; `regressions` and the front page must judge
+    without noise records (a warning names the path), and `noise --show` says it in one line
+    (bad input, exit 2)."""
+    results_dir = _history_with_noise(tmp_path, [])
+    (results_dir / noise.LOG_NAME).unlink()
+    (results_dir / noise.LOG_NAME).mkdir()
+    with pytest.warns(UserWarning, match="skipped unreadable noise records"):
+        assert noise.load(results_dir) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        regress.check(results_dir)
+        frontpage.render(results_dir)
+    capsys.readouterr()
+    assert cli(["noise", "--show", "--results", str(results_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a regular file" in err[0], err
+
+
+def test_noise_records_of_the_real_h100_run_still_load_cleanly():
+    """The validation that rejects hand-edited records must accept what `stagebench noise`
+    wrote on the H100 (the dated run's records): no warning, every record kept."""
+    path = Path(__file__).resolve().parents[1] / "docs/results/h100-2026-12-06/noise-records.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records = noise.load_file(path)
+    assert len(records) == len(path.read_text().splitlines())
+
+
+# -- stagebench noise: the command ---------------------------------------------------------
+
+NOISE_CPU = ["--device", "cpu", "--model", "tiny", "--seq-len", "32", "--max-steps", "5"]
+
+
+class FakeRounds:
+    """Stands in for run_matrix under `stagebench noise`: each call is one round, its Results
+    planted (step times given per round) and stored the way run_matrix stores them; `signal_at`
+    sends this process a signal during that round, as a CI cancel would."""
+
+    def __init__(self, steps: list[float], status: str = "ok", signal_at: int | None = None):
+        self.steps, self.status, self.signal_at, self.calls = steps, status, signal_at, 0
+
+    def __call__(self, stage_list, workload, *, store=None, on_result=None, **kwargs):
+        import os
+        import signal
+
+        from test_noise import _result
+
+        from stagebench import matrix
+        from stagebench.isolate import cancellation
+
+        self.calls += 1
+        done = []
+        with cancellation() as cancel:  # as run_matrix: the signal is recorded, not fatal
+            if self.signal_at == self.calls:
+                os.kill(os.getpid(), signal.SIGTERM)
+            for stage in stage_list:
+                status = "cancelled" if cancel.signum else self.status
+                result = _result(stage.name, status, self.steps[self.calls - 1])
+                if store:
+                    matrix._store(store, result, kwargs.get("on_store_error"))
+                if on_result:
+                    on_result(result)
+                done.append(result)
+        return done
+
+
+@pytest.fixture
+def fake_rounds(monkeypatch):
+    def plant(*args, **kwargs) -> FakeRounds:
+        fake = FakeRounds(*args, **kwargs)
+        monkeypatch.setattr("stagebench.matrix.run_matrix", fake)
+        return fake
+
+    return plant
+
+
+def test_sigterm_during_noise_runs_exits_143_with_one_line_and_keeps_the_results(
+    tmp_path, capsys, fake_rounds
+):
+    """SIGTERM in the middle of `stagebench noise` (a cancelled CI job) ended in a traceback
+    and exit 1 (Cancelled is a BaseException that `_noise` never caught). It must exit 143 with
+    one line, start no further round, keep every Result already stored and write no noise
+    record from the half-finished measurement."""
+    fake = fake_rounds([240.0, 240.1, 240.2, 240.3, 240.4], signal_at=2)
+    store = tmp_path / "runs.jsonl"
+    argv = ["noise", "00_sdpa", "--runs", "5", "--results", str(tmp_path), "--jsonl", str(store)]
+    assert cli([*argv, *NOISE_CPU]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cancelled by SIGTERM" in err[0], err
+    assert fake.calls == 2  # no round after the signal
+    assert len(store.read_text().splitlines()) == 2  # both stored Results stay
+    assert noise.load(tmp_path) == []
+
+
+def test_a_noise_log_that_cannot_be_written_is_bad_input_before_anything_runs(
+    tmp_path, capsys, fake_rounds
+):
+    """`--results` on a read-only directory was found out only after every run had been
+    measured (hours on a GPU): exit 4 and the records lost. It is bad input, said before the
+    first run starts."""
+    from fake_disk import read_only_dir
+
+    fake = fake_rounds([240.0, 240.1, 240.2])
+    with read_only_dir(tmp_path) as ro:
+        code = cli(["noise", "00_sdpa", "--runs", "3", "--results", str(ro), *NOISE_CPU])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not writable" in err[0], err
+    assert fake.calls == 0
+
+
+def test_a_full_disk_under_the_noise_log_keeps_the_records_on_stderr(
+    tmp_path, capsys, fake_rounds, monkeypatch
+):
+    """The disk filled while the records were appended: exit 4 (right) but the measured records
+    were gone. Like a Result the store cannot take, each record goes to stderr as one JSON line,
+    and the log keeps no torn line."""
+    from fake_disk import FakeDisk
+
+    fake_rounds([240.0, 240.1, 240.2])
+    log = tmp_path / noise.LOG_NAME
+    log.write_text(json.dumps(_noise_record()) + "\n")
+    before = log.read_bytes()
+    FakeDisk(monkeypatch, log, space=10)  # takes part of a line, then ENOSPC
+    code = cli(["noise", "00_sdpa", "--runs", "3", "--results", str(tmp_path), *NOISE_CPU])
+    assert code == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "could not store 1 noise record(s)" in err[0]
+    kept = noise.StageNoise.from_dict(json.loads(err[1]))
+    assert kept.metrics["step_time_ms"].values == [240.0, 240.1, 240.2]
+    assert log.read_bytes() == before
+
+
+def test_noise_runs_that_fail_exit_1_and_results_not_stored_exit_4(
+    tmp_path, capsys, fake_rounds, monkeypatch
+):
+    """`stagebench noise` exited 0 when every run of a stage failed, and 0 when the --jsonl
+    store could not take the Results (printed to stderr, then forgotten). The exit codes are
+    every command's: 1 a failed stage, 4 a Result not stored."""
+    from fake_disk import FakeDisk
+
+    fake_rounds([240.0, 240.1, 240.2], status="error")
+    argv = ["noise", "00_sdpa", "--runs", "3", "--results", str(tmp_path), *NOISE_CPU]
+    assert cli(argv) == 1
+    fake_rounds([240.0, 240.1, 240.2])
+    store = tmp_path / "runs.jsonl"
+    FakeDisk(monkeypatch, store, space=0)
+    assert cli([*argv, "--jsonl", str(store)]) == 4
+    assert "could not store 3 result(s)" in capsys.readouterr().err
