@@ -9,13 +9,14 @@ a stage: measurements are planted, so every test takes a moment.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
 import pytest
 from asv_history import MACHINE, STAGE, noisy, speed_family, write_history
 
-from stagebench import PROTOCOL_VERSION, frontpage, noise, regress
+from stagebench import PROTOCOL_VERSION, frontpage, judge, noise, regress
 from stagebench.cli import main as cli
 
 
@@ -234,3 +235,51 @@ def test_noise_runs_that_fail_exit_1_and_results_not_stored_exit_4(
     FakeDisk(monkeypatch, store, space=0)
     assert cli([*argv, "--jsonl", str(store)]) == 4
     assert "could not store 3 result(s)" in capsys.readouterr().err
+
+
+# -- the judge's per-stage thresholds ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sigma", "df"),
+    [(float("nan"), 4), (-0.01, 4), (float("inf"), 4), (0.01, 0)],
+    ids=["nan", "negative", "inf", "df0"],
+)
+def test_an_impossible_prior_is_refused_where_it_is_made(sigma, df):
+    """judge.Prior took any sigma and df: a negative sigma made the bar the 0.1% minimum and
+    called a 0.5% change of two nights a regression; NaN and inf silently judged nothing; a df of
+    0 crashed later in t_quantile. A prior the judge cannot use is refused when it is made."""
+    with pytest.raises(ValueError, match="prior"):
+        judge.Prior(sigma=sigma, df=df, source="hand-made")
+
+
+def test_a_change_beyond_floats_is_judged_not_a_crash():
+    """A series from 1e-300 to 1e300 (a unit mix-up in a hand-written history, a counter that
+    wrapped) crashed the judge with OverflowError while it turned the change into a
+    percentage: `regressions` exited 4. The change is judged, its size infinite."""
+    judged = judge.latest([1e-300] * 4 + [1e300], worse=1)
+    assert judged.verdict == judge.REGRESSED and judged.change_pct == math.inf
+    prior = judge.Prior(sigma=300.0, df=1, source="hand-made")
+    assert judge.latest([1.0, 1.1], worse=1, prior=prior).verdict == judge.SAME
+
+
+def test_a_series_that_drops_to_zero_reports_minus_100_percent():
+    """A count that fell from 3 to 0 (graph breaks fixed) was reported as a change of -63.2%,
+    with a noise and bar of `expm1` applied to values that are not logarithms. Without a
+    relative scale the change is the linear one (-100%), and of a level of 0 there is no %."""
+    judged = judge.latest([3.0, 3.0, 3.0, 3.0, 0.0], worse=1)
+    assert judged.verdict == judge.IMPROVED
+    assert judged.change_pct == pytest.approx(-100.0)
+    from_zero = judge.latest([0.0, 1.0, 0.0, 1.0, 0.0, 5.0], worse=1)
+    assert from_zero.verdict == judge.REGRESSED
+    assert from_zero.change_pct is None and from_zero.bar_pct is None  # was +14741%, bar 951%
+
+
+def test_a_prior_never_makes_two_points_without_a_relative_scale_look_judged():
+    """With a measured prior, two nights are a history, but only on a log scale: for [5, 0]
+    the prior does not apply, the two points were too few for the judge, and latest() still
+    answered `same`, a clean verdict it never reached. It is unjudged."""
+    prior = judge.Prior(sigma=math.log1p(0.01), df=4, source="5 separate runs")
+    judged = judge.latest([5.0, 0.0], worse=1, prior=prior)
+    assert judged.verdict == judge.UNJUDGED
+    assert judge.latest([5.0, 5.0, 5.0, 0.0], worse=1, prior=prior).verdict == judge.IMPROVED
