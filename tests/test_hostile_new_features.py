@@ -283,3 +283,89 @@ def test_a_prior_never_makes_two_points_without_a_relative_scale_look_judged():
     judged = judge.latest([5.0, 0.0], worse=1, prior=prior)
     assert judged.verdict == judge.UNJUDGED
     assert judge.latest([5.0, 5.0, 5.0, 0.0], worse=1, prior=prior).verdict == judge.IMPROVED
+
+
+# -- Result schema 4: samples and profile --------------------------------------------------
+
+
+def _profiled_line(**profile_changes: object) -> dict:
+    from test_explain import PLAIN
+    from test_explain import _result as explain_result
+
+    data = explain_result("00_sdpa", "sdpa", PLAIN).to_dict()
+    profile = data["metrics"]["profile"]
+    for path, value in profile_changes.items():
+        where, _, key = path.rpartition("__")
+        target = profile
+        for part in where.split("__") if where else []:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[key] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"wall_ms_per_step": "12.5"},
+        {"source": 5},
+        {"kernels_seen": "4"},
+        {"groups__matmul__ms_per_step": "200"},
+        {"kernels__0__name": ["flash_fwd_kernel"]},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_a_malformed_profile_is_skipped_with_a_warning_not_a_crash_of_explain(
+    tmp_path, capsys, changes
+):
+    """A Result whose profile held a string for a number, a number for its source or a list for
+    a kernel's name loaded (only the objects' shapes were checked) and `compare --explain`
+    crashed on it: exit 4, 'internal error: TypeError'. Such a line is unreadable: skipped with
+    a warning naming it, and the comparison goes on with what is left."""
+    from test_explain import LIGER
+    from test_explain import _result as explain_result
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    good = explain_result("00_sdpa", "sdpa", LIGER, commit=None).to_dict()
+    a.write_text(json.dumps(good) + "\n" + json.dumps(_profiled_line(**changes)) + "\n")
+    b.write_text(json.dumps(good) + "\n")
+    with pytest.warns(UserWarning, match=r"a\.jsonl:2: skipped unreadable result"):
+        code = cli(["compare", str(a), str(b), "--explain"])
+    assert code == 0  # a.jsonl's first line (the same stage) is compared instead
+    assert "internal error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [{"warmup_ms": [1.0], "measured_ms": "240.0"}, {"warmup_ms": [], "measured_ms": [1, "x"]}],
+    ids=["string", "mixed"],
+)
+def test_malformed_samples_are_an_unreadable_line(tmp_path, samples):
+    """`metrics.samples` with a string for the list (or strings in it) loaded, and
+    summary_from_samples, which recomputes the statistics from the Result alone, crashed on
+    it. Such a line is skipped with a warning, like any unreadable Result."""
+    from stagebench import results
+
+    data = _profiled_line()
+    data["metrics"]["samples"] = samples
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(data) + "\n")
+    with pytest.warns(UserWarning, match="metrics.samples.measured_ms"):
+        assert results.load(path) == []
+
+
+def test_every_stored_result_of_this_repository_still_loads():
+    """The type checks that refuse malformed lines must accept every Result stagebench wrote,
+    schema 1 to 4 (the dated H100 runs): none is skipped."""
+    from stagebench import results
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results"
+    paths = [
+        p
+        for p in root.rglob("*.jsonl")
+        if p.name not in ("noise-records.jsonl", "stagebench-machines.jsonl")
+    ]
+    assert paths
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in paths:
+            assert len(results.load(path)) == len(path.read_text().splitlines()), path
