@@ -369,3 +369,105 @@ def test_every_stored_result_of_this_repository_still_loads():
         warnings.simplefilter("error")
         for path in paths:
             assert len(results.load(path)) == len(path.read_text().splitlines()), path
+
+
+# -- bisect-release: releases ---------------------------------------------------------------
+
+
+class _Garbage:
+    """A simple index that answers whatever body it is given for every package."""
+
+    def __init__(self, kind: str, body: str) -> None:
+        self.kind, self.body = kind, body
+
+    def __enter__(self) -> str:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = outer.body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", outer.kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+JSON_KIND = "application/vnd.pypi.simple.v1+json"
+
+
+@pytest.mark.parametrize(
+    "files",
+    [5, {"a": 1}, [1, 2], [{"filename": 5}], [{"url": "x"}]],
+    ids=["number", "object", "numbers", "number-filename", "no-filename"],
+)
+def test_an_index_answering_malformed_json_is_one_line_not_a_crash(files):
+    """An index whose PEP 691 answer had `files` as a number, an object, or entries that are not
+    objects crashed `bisect-release` (TypeError / AttributeError: exit 4 and a traceback);
+    entries without a file name made it say the package has no files. It is an index that
+    answered no usable JSON: one line, bad input (exit 2)."""
+    from stagebench import releases
+
+    garbage = _Garbage(JSON_KIND, json.dumps({"files": files}))
+    with garbage as url, pytest.raises(releases.IndexUnreachable, match="no PEP 691 JSON"):
+        releases.between("torchy", "1.0", "2.0", releases.Source(index_url=url))
+
+
+def test_a_requires_python_that_is_not_a_string_hides_no_release():
+    """`requires-python: 3` (not a specifier string) crashed the release listing with
+    TypeError; like a specifier with a typo, it must not hide the release."""
+    from stagebench import releases
+
+    files = [
+        {"filename": "torchy-1.0-py3-none-any.whl", "requires-python": 3},
+        {"filename": "torchy-2.0-py3-none-any.whl", "requires-python": None},
+    ]
+    with _Garbage(JSON_KIND, json.dumps({"files": files})) as url:
+        rng = releases.between("torchy", "1.0", "2.0", releases.Source(index_url=url))
+    assert [str(r.version) for r in rng.candidates] == ["1.0", "2.0"]
+
+
+@pytest.mark.parametrize("name", ["liger kernel", "liger-kernel==0.6.4", "../etc", "-x"])
+def test_a_package_name_that_is_no_name_is_bad_input(name, tmp_path):
+    """`bisect-release "liger kernel" ...` crashed in urllib (InvalidURL: exit 4, traceback);
+    `liger-kernel==0.6.4` or `../etc` went to the index as a path and came back as "lists no
+    files". A name that is not a package name says so, in one line (exit 2)."""
+    from stagebench import releases
+
+    with pytest.raises(releases.ReleaseError, match="is not a package name"):
+        releases.releases(name, releases.Source(index_url="http://127.0.0.1:9/simple"))
+    with pytest.raises(releases.ReleaseError, match="is not a package name"):
+        releases.releases(name, releases.Source(find_links=tmp_path))
+
+
+def test_releases_of_another_build_are_not_bisected_between_good_and_bad():
+    """GOOD 2.4.0+cu121 and BAD 2.5.0+cu121 on an index that holds every build (+cpu, +cu121)
+    made 2.4.1+cpu and 2.5.0+cpu candidates: the bisect would measure CPU builds of torch
+    between two CUDA ones and blame one of them. Between two releases of one build only that
+    build's releases count; the others are listed as skipped, with why."""
+    from stagebench import releases
+
+    versions = ["2.4.0+cpu", "2.4.0+cu121", "2.4.1+cpu", "2.4.1+cu121", "2.5.0+cpu", "2.5.0+cu121"]
+    files = [{"filename": f"torchy-{v}-py3-none-any.whl"} for v in versions]
+    with _Garbage(JSON_KIND, json.dumps({"files": files})) as url:
+        source = releases.Source(index_url=url)
+        rng = releases.between("torchy", "2.4.0+cu121", "2.5.0+cu121", source)
+        plain = releases.between("torchy", "2.4.0+cpu", "2.5.0+cpu", source)
+    assert [str(r.version) for r in rng.candidates] == ["2.4.0+cu121", "2.4.1+cu121", "2.5.0+cu121"]
+    assert [str(r.version) for r in rng.skipped] == ["2.4.1+cpu", "2.5.0+cpu"]
+    assert "another build" in rng.skipped[0].reason
+    assert [str(r.version) for r in plain.candidates] == ["2.4.0+cpu", "2.4.1+cpu", "2.5.0+cpu"]
