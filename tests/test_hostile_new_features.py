@@ -471,3 +471,99 @@ def test_releases_of_another_build_are_not_bisected_between_good_and_bad():
     assert [str(r.version) for r in rng.skipped] == ["2.4.1+cpu", "2.5.0+cpu"]
     assert "another build" in rng.skipped[0].reason
     assert [str(r.version) for r in plain.candidates] == ["2.4.0+cpu", "2.4.1+cpu", "2.5.0+cpu"]
+
+
+# -- bisect-release: overlays ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["[1]", '{"layout": 1}', '{"layout": 1, "requirements": ["x==1"], "changed": [[1]]}'],
+    ids=["list", "no-fields", "short-change"],
+)
+def test_a_corrupt_overlay_record_is_rebuilt_not_a_crash(plant_wheels, tmp_path, record):
+    """An overlay whose record was truncated or hand-edited (a JSON list, a record without
+    `changed`, a change of one field) crashed every later bisect that reached it (KeyError,
+    TypeError, AttributeError: exit 4). An overlay without a usable record is a build that
+    did not finish: rebuilt."""
+    from stagebench import overlay
+    from stagebench.releases import Source
+
+    source = Source(find_links=plant_wheels)
+    built = overlay.build(["stagebench-test-plant==1.0.0"], source=source, overlay_dir=tmp_path)
+    (built.path / overlay.RECORD).write_text(record)
+    again = overlay.build(["stagebench-test-plant==1.0.0"], source=source, overlay_dir=tmp_path)
+    assert not again.reused and again.changes() == ["stagebench-test-plant none -> 1.0.0"]
+
+
+def test_an_overlay_whose_interpreter_is_gone_is_rebuilt(plant_wheels, tmp_path):
+    """A cached overlay whose bin/python was removed (a cleaned-up interpreter, a copied cache)
+    was reused, and the import check failed with 'No such file or directory': exit 4 for the
+    whole bisect. It is rebuilt instead."""
+    from stagebench import overlay
+    from stagebench.releases import Source
+
+    source = Source(find_links=plant_wheels)
+    built = overlay.build(["stagebench-test-plant==1.0.0"], source=source, overlay_dir=tmp_path)
+    (built.path / "bin" / "python").unlink()
+    again = overlay.build(["stagebench-test-plant==1.0.0"], source=source, overlay_dir=tmp_path)
+    assert not again.reused and Path(again.python).exists()
+
+
+def test_a_read_only_overlay_cache_is_bad_input_before_anything_is_measured(
+    plant_wheels, tmp_path, capsys
+):
+    """`--overlay-dir` on a read-only filesystem crashed with a raw OSError traceback from the
+    cache's lock file (exit 4, 'internal error'). The command says it in one line before it
+    measures anything (exit 2); the library raises OverlayError, never a bare OSError."""
+    from fake_disk import read_only_dir
+
+    from stagebench import overlay
+    from stagebench.releases import Source
+
+    with read_only_dir(tmp_path) as ro:
+        argv = [
+            "bisect-release", "stagebench-test-plant", "1.0.0", "1.5.0", "--stage", "00_sdpa",
+            "--find-links", str(plant_wheels), "--overlay-dir", str(ro / "overlays"),
+            "--device", "cpu", "--model", "tiny",
+        ]  # fmt: skip
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--overlay-dir" in err[0] and "not writable" in err[0], err
+        with pytest.raises(overlay.OverlayError, match="overlay cache"):
+            overlay.build(
+                ["stagebench-test-plant==1.0.0"],
+                source=Source(find_links=plant_wheels),
+                overlay_dir=ro / "overlays",
+                check=False,
+            )
+
+
+def test_a_full_disk_while_pip_installs_is_stagebenchs_failure_not_the_release(tmp_path):
+    """pip failing with 'No space left on device' while it installed a release into its overlay
+    made that release `incompatible`: skipped, or, at GOOD or BAD, 'cannot judge' (exit 3),
+    the disk blamed on the package. A disk pip cannot write is OverlayError (exit 4)."""
+    import os
+    import zipfile
+
+    from fake_disk import tiny_tmpfs
+
+    from stagebench import overlay
+    from stagebench.releases import Source
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    info = "bulky-1.0.dist-info"
+    files = {
+        "bulky/__init__.py": b"",
+        "bulky/blob.bin": os.urandom(1 << 20),  # 1 MiB that does not compress
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: bulky\nVersion: 1.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(wheels / "bulky-1.0-py3-none-any.whl", "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+        wheel.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
+    full = pytest.raises(overlay.OverlayError, match="No space left on device")
+    with tiny_tmpfs(tmp_path / "small", size_kib=512) as small, full:
+        overlay.build(["bulky==1.0"], source=Source(find_links=wheels), overlay_dir=small)

@@ -290,18 +290,19 @@ def _check_store(path: Path | None, flag: str = "--jsonl") -> None:
         raise BadInput(f"{flag} {path} is not writable ({exc.strerror or exc})") from None
 
 
-def _check_log_dir(path: Path | None) -> None:
-    """A log directory that cannot take logs fails before any stage runs."""
+def _check_log_dir(path: Path | None, flag: str = "--log-dir") -> None:
+    """A directory that cannot take what goes there (logs, overlays) fails before any stage
+    runs. `flag`: how the message names where the path came from."""
     if path is None:
         return
     if path.exists() and not path.is_dir():
-        raise BadInput(f"--log-dir {path} is not a directory; give a directory path")
+        raise BadInput(f"{flag} {path} is not a directory; give a directory path")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise BadInput(f"--log-dir {path} is not writable ({exc.strerror or exc})") from None
+        raise BadInput(f"{flag} {path} is not writable ({exc.strerror or exc})") from None
 
 
 def _check_apart(store: Path | None, log_dir: Path | None, stage_list: list[stages.Stage]) -> None:
@@ -629,6 +630,10 @@ def _bisect_release(args: argparse.Namespace, console: Console) -> int:
     workload = workload_from(args)
     _check_store(args.jsonl)
     _check_log_dir(args.log_dir)
+    cache = overlay.cache_root(args.overlay_dir)
+    _check_log_dir(
+        cache, "--overlay-dir" if args.overlay_dir else "the overlay cache (--overlay-dir)"
+    )
     measure = depbisect.Measurer(
         stage,
         workload,
