@@ -567,3 +567,49 @@ def test_a_full_disk_while_pip_installs_is_stagebenchs_failure_not_the_release(t
     full = pytest.raises(overlay.OverlayError, match="No space left on device")
     with tiny_tmpfs(tmp_path / "small", size_kib=512) as small, full:
         overlay.build(["bulky==1.0"], source=Source(find_links=wheels), overlay_dir=small)
+
+
+# -- bisect-release: lock files -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "pins"),
+    [
+        ("torch==2.9.1\t# pinned for the image\n", {"torch": "2.9.1"}),
+        ("torch==2.9.1\t--hash=sha256:ab\n", {"torch": "2.9.1"}),
+        ("\ufefftorch==2.9.1\nliger-kernel==0.6.4\n", {"torch": "2.9.1", "liger-kernel": "0.6.4"}),
+    ],
+    ids=["tab-comment", "tab-hash", "bom"],
+)
+def test_a_lock_with_tabs_or_a_bom_is_read_as_pip_reads_it(tmp_path, text, pins):
+    """A comment or --hash after a tab (pip strips comments after any whitespace) and a
+    UTF-8 BOM at the start of the file (some editors write one) made a valid requirements file
+    bad input: "'\\ufefftorch==2.9.1' is not a requirement"."""
+    from stagebench import depbisect
+
+    path = tmp_path / "lock.txt"
+    path.write_text(text, encoding="utf-8")
+    assert depbisect.parse_lock(path) == pins
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"torch==2.9.1  # caf\xe9\n", "is not UTF-8"),
+        (b'torch==2.9.1 ; foo == "x"\n', "is not a requirement"),
+        (b"torch==2.9.1\ntorch==2.9.2\n", "pins torch twice"),
+    ],
+    ids=["latin-1", "bad-marker", "pinned-twice"],
+)
+def test_a_bad_lock_is_one_line_of_bad_input(tmp_path, capsys, data, message):
+    """A lock in Latin-1 crashed bisect-release with UnicodeDecodeError (exit 4, traceback); a
+    requirement packaging cannot parse was bad input over three lines (packaging's message with
+    the line and a caret under it); a package pinned twice silently took the last pin. Each is
+    bad input, in one line."""
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_bytes(data)
+    new.write_text("torch==2.9.3\n")
+    argv = ["bisect-release", "--from-lock", str(old), "--to-lock", str(new)]
+    code = cli([*argv, "--stage", "00_sdpa", "--device", "cpu", "--model", "tiny"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
