@@ -144,6 +144,7 @@ class FakeRounds:
             for stage in stage_list:
                 status = "cancelled" if cancel.signum else self.status
                 result = _result(stage.name, status, self.steps[self.calls - 1])
+                result.workload = workload.to_dict()  # what the command asked for
                 if store:
                     matrix._store(store, result, kwargs.get("on_store_error"))
                 if on_result:
@@ -613,3 +614,40 @@ def test_a_bad_lock_is_one_line_of_bad_input(tmp_path, capsys, data, message):
     code = cli([*argv, "--stage", "00_sdpa", "--device", "cpu", "--model", "tiny"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_noise_measured_at_another_shape_is_not_the_series_noise(tmp_path, fake_rounds):
+    """`stagebench noise 00_sdpa --seq-len 32` (a quick look, or `--workload b2x1024` for the
+    protocol-1 shape) wrote a record for stages.Stage_00_sdpa that the judge then used for the
+    history at the suite's own shape, which is another asv series: its quiet 0.08% made a 0.6%
+    wobble of the real series a regression. A record is kept with its class's asv version and
+    only qualifies the series of that version."""
+    from asv.benchmarks import Benchmarks
+    from asv.util import write_json
+
+    from stagebench.asv_suite import benchmark_version
+    from stagebench.stages import resolve
+    from stagebench.workload import Workload, defaults_for
+
+    cpu = Workload(model="tiny", device="cpu", **{**defaults_for("cpu"), "seq_len": 32})
+    suite = benchmark_version(resolve("00_sdpa"), Workload(model="tiny", device="cpu"))
+    assert benchmark_version(resolve("00_sdpa"), cpu) != suite  # another series
+
+    steps = [*noisy(3, 8, 240.0, 0.0008), 240.0 * 1.006]
+    series = speed_family(steps)
+    write_history(tmp_path, series, versions=[suite] * len(steps))
+    current = {name: {"name": name, "version": suite, "params": []} for name in series}
+    write_json(str(tmp_path / "benchmarks.json"), current, api_version=Benchmarks.api_version)
+
+    fake_rounds([240.0, 240.2, 239.9])  # three quiet processes at seq_len 32
+    argv = ["noise", "00_sdpa", "--runs", "3", "--results", str(tmp_path)]
+    assert cli([*argv, "--device", "cpu", "--model", "tiny", "--seq-len", "32"]) == 0
+    (record,) = noise.load(tmp_path)
+    assert record.version == benchmark_version(resolve("00_sdpa"), cpu)
+    record = noise.StageNoise(**{**record.__dict__, "machine": MACHINE})
+    (tmp_path / noise.LOG_NAME).write_text(json.dumps(record.to_dict()) + "\n")
+    assert not regress.check(tmp_path).regressions  # the history's own noise: 0.6% is nothing
+    # The same record measured at the suite's shape is that series' noise: then it counts.
+    same = noise.StageNoise(**{**record.__dict__, "version": suite})
+    (tmp_path / noise.LOG_NAME).write_text(json.dumps(same.to_dict()) + "\n")
+    assert regress.check(tmp_path).regressions

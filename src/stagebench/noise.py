@@ -86,9 +86,12 @@ class StageNoise:
     commit: str | None = None
     packages: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # statuses of the runs that were not ok
+    # The asv version of the class under the measured workload (spec, ranks, a shape that is
+    # not the device's default, protocol): the series it qualifies. "" in older records.
+    version: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("machine", "stage", "asv_class", "spec", "shape", "date"):
+        for name in ("machine", "stage", "asv_class", "spec", "shape", "date", "version"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} {getattr(self, name)!r} is not a string")
         for name in ("protocol", "runs"):
@@ -154,7 +157,7 @@ def metric_noise(values: list[float], within: list[float] | None = None) -> Metr
 
 def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
     """One record per stage from its Results (one per process), in first-seen order."""
-    from stagebench.asv_suite import class_name_of
+    from stagebench.asv_suite import class_name_of, version_of
     from stagebench.workload import Workload, shape_name
 
     by_stage: dict[str, list[Any]] = {}
@@ -186,6 +189,7 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
                 commit=(first.env or {}).get("commit"),
                 packages=dict((ok[0].env if ok else first.env or {}).get("packages") or {}),
                 failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
+                version=version_of(first),
             )
         )
     return records
@@ -227,13 +231,35 @@ def load_file(path: Path) -> list[StageNoise]:
     return records
 
 
-def priors(records: Iterable[StageNoise], machine: str) -> dict[tuple[str, str], judge.Prior]:
+def versions(results_dir: Path) -> dict[str, str]:
+    """{asv class: its benchmark version} from asv's benchmarks.json in `results_dir`: what the
+    history's series are now. Empty where there is no readable one (then nothing is filtered)."""
+    try:
+        data = json.loads((Path(results_dir) / "benchmarks.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, str] = {}
+    for name, entry in data.items() if isinstance(data, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("version"), str) and "." in name:
+            found.setdefault(name.rsplit(".", 1)[0], entry["version"])
+    return found
+
+
+def priors(
+    records: Iterable[StageNoise], machine: str, current: dict[str, str] | None = None
+) -> dict[tuple[str, str], judge.Prior]:
     """{(asv class, family): the newest prior} for `machine` under this protocol. Each family
     takes its lead's noise: TFLOPS, tokens/s and both MFUs are computed from the median step
-    time, so their log-scale spread is the step time's."""
+    time, so their log-scale spread is the step time's. `current`: {asv class: benchmark
+    version} of the history judged (see versions()); a record measured for another version of
+    its class (another shape: `noise --workload b2x1024` beside a b1x2048 history) is not that
+    series' noise and is left out."""
     found: dict[tuple[str, str], judge.Prior] = {}
     for record in records:  # oldest first: a newer measurement replaces an older one
         if record.machine != machine or record.protocol != PROTOCOL_VERSION:
+            continue
+        now = (current or {}).get(record.asv_class)
+        if record.version and now is not None and now != record.version:
             continue
         for name, noise in record.metrics.items():
             if noise.df < 1 or not math.isfinite(noise.sigma_pct) or noise.sigma_pct < 0:
