@@ -651,3 +651,21 @@ def test_noise_measured_at_another_shape_is_not_the_series_noise(tmp_path, fake_
     same = noise.StageNoise(**{**record.__dict__, "version": suite})
     (tmp_path / noise.LOG_NAME).write_text(json.dumps(same.to_dict()) + "\n")
     assert regress.check(tmp_path).regressions
+
+
+def test_a_lock_that_spells_a_version_short_is_not_measured_twice(tmp_path):
+    """NEW pins liger-kernel==0.8 and the index has 0.8.0: the package's run alone at NEW was
+    keyed '0.8', the bisect looked for '0.8.0', and measured the same release a second time (a
+    whole stage run, and two numbers for one release in the table). The run stands for the
+    range's BAD by the release's own spelling."""
+    from test_depbisect import OLD_LOCK, _lock_run, _trial
+
+    new_lock = OLD_LOCK.replace("liger-kernel==0.6.4", "liger-kernel==0.8")
+    slow = _trial(value=30.0)
+    outcome, measure, _ = _lock_run(
+        tmp_path,
+        new_lock,
+        {"0.8": slow, "0.8.0": slow, "0.7.0": _trial(value=30.0), "0.7.1": _trial(value=30.0)},
+    )
+    assert (outcome.first, outcome.last) == ("0.7.0", "0.6.4")
+    assert measure.measured == ["0.8", "0.7.0"]  # never 0.8.0 again

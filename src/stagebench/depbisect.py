@@ -487,9 +487,10 @@ def bisect_lock(
         except releases.ReleaseError as exc:
             lines.append(f"{name}: its releases cannot be bisected: {exc}")
             continue
-        known = {str(c.new): trial}
-        have = base_packages.get(name)
-        if have is not None and Version(have) == Version(c.old):
+        # NEW's run is the range's BAD, by the release's own spelling (the lock may pin 0.8 for
+        # 0.8.0); the base's run is GOOD where it has OLD's version.
+        known = {str(rng.bad.version): trial}
+        if _same_version(base_packages.get(name), c.old):
             known[str(rng.good.version)] = _copy_as(base, name, c.old)
         sub = bisect_releases(rng, measure, metric, stage=stage, known=known, on_trial=on_trial)
         outcome.trials += [t for t in sub.trials if not any(t is u for u in outcome.trials)]
@@ -499,6 +500,13 @@ def bisect_lock(
             outcome.package, outcome.first, outcome.last = name, sub.first, sub.last
     outcome.message = "; ".join(lines)
     return outcome
+
+
+def _same_version(have: str | None, pinned: str) -> bool:
+    try:
+        return have is not None and Version(have) == Version(pinned)
+    except InvalidVersion:  # a version outside PEP 440 is only the same as itself
+        return have == pinned
 
 
 def _copy_as(base: Trial, package: str, version: str) -> Trial:
