@@ -669,3 +669,29 @@ def test_a_lock_that_spells_a_version_short_is_not_measured_twice(tmp_path):
     )
     assert (outcome.first, outcome.last) == ("0.7.0", "0.6.4")
     assert measure.measured == ["0.8", "0.7.0"]  # never 0.8.0 again
+
+
+def test_ctrl_c_while_an_overlay_is_built_is_one_line_and_exit_130(
+    plant_wheels, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C while bisect-release built an overlay (pip running: minutes for a big wheel)
+    came out as a KeyboardInterrupt traceback. Outside a stage there is nothing to store:
+    one line, and 130 (128 + SIGINT), as every cancelled command exits."""
+    from stagebench import overlay
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overlay, "build", interrupted)
+    argv = [
+        "bisect-release", "stagebench-test-plant", "1.0.0", "1.5.0", "--stage", "00_sdpa",
+        "--find-links", str(plant_wheels), "--overlay-dir", str(tmp_path / "overlays"),
+        "--device", "cpu", "--model", "tiny",
+    ]  # fmt: skip
+    try:
+        code = cli(argv)
+    except KeyboardInterrupt:  # would end the whole test session
+        pytest.fail("KeyboardInterrupt escaped stagebench's main()")
+    assert code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "stagebench: cancelled by SIGINT" and "Traceback" not in "\n".join(err)

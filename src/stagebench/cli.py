@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -739,6 +740,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)
         return EXIT_NOT_DONE
+    except KeyboardInterrupt:  # Ctrl-C outside a stage (an overlay's pip, loading a config ...)
+        print("stagebench: cancelled by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as exc:  # a bug or the machine, never "a stage failed" (1)
         traceback.print_exc()
         print(f"stagebench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
