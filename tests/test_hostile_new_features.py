@@ -695,3 +695,19 @@ def test_ctrl_c_while_an_overlay_is_built_is_one_line_and_exit_130(
     assert code == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "stagebench: cancelled by SIGINT" and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("stage", [5, None])
+def test_a_result_whose_stage_is_no_string_is_skipped_not_a_crash_of_compare(
+    tmp_path, capsys, stage
+):
+    """A line whose `stage` was a number or null loaded, and `compare A B` crashed sorting the
+    stage names (TypeError: exit 4, internal error). The Result's own fields are checked like
+    its metrics: the line is skipped with a warning."""
+    data = _profiled_line()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(data) + "\n" + json.dumps({**data, "stage": stage}) + "\n")
+    b.write_text(json.dumps(data) + "\n")
+    with pytest.warns(UserWarning, match=r"result\.stage is"):
+        assert cli(["compare", str(a), str(b)]) == 0
+    assert "internal error" not in capsys.readouterr().err

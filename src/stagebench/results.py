@@ -298,7 +298,7 @@ class Result:
                 metrics["profile"] = _profile(_object(metrics["profile"], "metrics.profile"))
             fields["metrics"] = _typed(Metrics(**metrics), "metrics")
         fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (older lack only new fields)
-        return cls(**fields)
+        return _typed(cls(**fields), "result")
 
 
 def _profile(data: dict[str, Any]) -> ProfileMetrics:
