@@ -711,3 +711,16 @@ def test_a_result_whose_stage_is_no_string_is_skipped_not_a_crash_of_compare(
     with pytest.warns(UserWarning, match=r"result\.stage is"):
         assert cli(["compare", str(a), str(b)]) == 0
     assert "internal error" not in capsys.readouterr().err
+
+
+def test_an_arbitrary_equality_pin_is_not_tried_instead_of_crashing(tmp_path):
+    """NEW pinning `liger-kernel===0.8.0-custom` (arbitrary equality: any string) was measured
+    alone as `liger-kernel==0.8.0-custom`, which the overlay refuses as no requirement: a
+    ValueError out of the bisect (exit 4, internal error). Such a pin is listed as not tried,
+    with why, like a URL pin."""
+    from test_depbisect import OLD_LOCK, _lock_run
+
+    new_lock = OLD_LOCK.replace("liger-kernel==0.6.4", "liger-kernel===0.8.0-custom")
+    outcome, measure, _ = _lock_run(tmp_path, new_lock, {})
+    assert measure.measured == [] and outcome.exit_code == 3
+    assert any("'0.8.0-custom' in NEW is not a PEP 440 version" in n for n in outcome.notes)

@@ -393,6 +393,10 @@ class LockChange:
             return "removed in NEW: an overlay cannot take a package away"
         if self.new.startswith("@"):
             return "a direct URL in NEW, not a release"
+        try:
+            Version(self.new)
+        except InvalidVersion:  # `===` pins anything; an overlay installs name==version
+            return f"{self.new!r} in NEW is not a PEP 440 version"
         return None
 
     def __str__(self) -> str:
