@@ -158,9 +158,7 @@ def _asv_run_commit(
     config = ["--config", conf] if conf else []
     # The canary lane (stagebench.lanes): the overlay's interpreter, a series of its own.
     canary = os.environ.get("STAGEBENCH_CANARY_PYTHON")
-    environment = (
-        f"canary:{canary}" if canary else f"interpreter:python{_python_version(session)}"
-    )
+    environment = f"canary:{canary}" if canary else f"interpreter:python{_python_version(session)}"
     # asv exits 2 when a benchmark failed; a stage failing (an OOM) is a result, not an error.
     session.run(
         "asv",
