@@ -145,9 +145,7 @@ def test_lanes_are_labelled_locked_and_canary_with_what_the_canary_moved():
     from stagebench.history import Source
 
     locked = frontpage._lane_label(Source("h100", "interpreter-py3.12"), [])
-    canary = frontpage._lane_label(
-        Source("h100", "canary-py3.12"), ["liger-kernel 0.8.5 -> 0.8.6"]
-    )
+    canary = frontpage._lane_label(Source("h100", "canary-py3.12"), ["liger-kernel 0.8.5 -> 0.8.6"])
     assert locked == "locked lane, the image's pins"
     assert canary == "canary lane, the newest releases: liger-kernel 0.8.5 -> 0.8.6"
     assert frontpage._lane_label(Source("h100", "existing-py_python3.11"), []) == ""

@@ -206,6 +206,23 @@ def class_name_of(result: results.Result) -> str:
     return _class_name(stages.resolve(result.stage), nproc)
 
 
+def benchmark_version(stage: stages.Stage, workload: Workload, nproc: int | None = None) -> str:
+    """The asv `version` of a stage's class measured with `workload`: its spec, its rank count,
+    its shape where it is not the device's default, and the protocol. Another shape or protocol
+    is another series, never joined (and never judged with the other's noise)."""
+    history = f"{stage.spec}|nproc-{nproc}" if nproc else stage.spec
+    default = defaults_for(workload.device)
+    if (workload.batch_size, workload.seq_len) != (default["batch_size"], default["seq_len"]):
+        history += f"|{shape_name(workload)}"  # another shape is another series, never joined
+    return f"{history}|protocol-{PROTOCOL_VERSION}"
+
+
+def version_of(result: results.Result) -> str:
+    """The asv version of the class a stored Result was measured for (see benchmark_version)."""
+    workload = Workload.from_dict(result.workload)
+    return benchmark_version(stages.resolve(result.stage), workload, workload.nproc)
+
+
 def _own_module(func: Callable, name: str, package: str) -> Callable:
     """Give `func` a module of its own.
 
@@ -249,10 +266,6 @@ def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | Non
     workload = bench_workload()
     cache.timeout = 2 * workload.timeout_s + 120  # the reference may run first; child start-up
     track_ok.unit = "ok"
-    history = f"{stage.spec}|nproc-{nproc}" if nproc else stage.spec
-    default = defaults_for(workload.device)
-    if (workload.batch_size, workload.seq_len) != (default["batch_size"], default["seq_len"]):
-        history += f"|{shape_name(workload)}"  # another shape is another series, never joined
     body: dict[str, Any] = {
         "__doc__": f"{label}: {stage.spec}",
         "setup_cache": cache,
@@ -260,7 +273,7 @@ def _make_class(stage: stages.Stage, package: str, store: Path, nproc: int | Non
         "track_ok": track_ok,
         "timeout": cache.timeout,
         # Results from an older protocol or another spec are invalidated on purpose.
-        "version": f"{history}|protocol-{PROTOCOL_VERSION}",
+        "version": benchmark_version(stage, workload, nproc),
     }
     for name, metric in METRICS.items():
         if metric.compile_only and not stage.compiles:

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -273,34 +274,36 @@ def _subset(value: str | None, device: str) -> list[str]:
     return names
 
 
-def _check_store(path: Path | None) -> None:
-    """Fail before any stage runs, not after the first one finished; never changes the file."""
+def _check_store(path: Path | None, flag: str = "--jsonl") -> None:
+    """Fail before any stage runs, not after the first one finished; never changes the file.
+    `flag`: how the message names where the path came from."""
     if path is None:
         return
     if path.is_dir():
-        raise BadInput(f"--jsonl {path} is a directory; give a file path")
+        raise BadInput(f"{flag} {path} is a directory; give a file path")
     if path.exists() and not path.is_file():  # a FIFO would block, a device is no store
-        raise BadInput(f"--jsonl {path} is not a regular file; give a file path")
+        raise BadInput(f"{flag} {path} is not a regular file; give a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Opened the way results.append opens it (read for the torn-line check, append)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644))
     except OSError as exc:
-        raise BadInput(f"--jsonl {path} is not writable ({exc.strerror or exc})") from None
+        raise BadInput(f"{flag} {path} is not writable ({exc.strerror or exc})") from None
 
 
-def _check_log_dir(path: Path | None) -> None:
-    """A log directory that cannot take logs fails before any stage runs."""
+def _check_log_dir(path: Path | None, flag: str = "--log-dir") -> None:
+    """A directory that cannot take what goes there (logs, overlays) fails before any stage
+    runs. `flag`: how the message names where the path came from."""
     if path is None:
         return
     if path.exists() and not path.is_dir():
-        raise BadInput(f"--log-dir {path} is not a directory; give a directory path")
+        raise BadInput(f"{flag} {path} is not a directory; give a directory path")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise BadInput(f"--log-dir {path} is not writable ({exc.strerror or exc})") from None
+        raise BadInput(f"{flag} {path} is not writable ({exc.strerror or exc})") from None
 
 
 def _check_apart(store: Path | None, log_dir: Path | None, stage_list: list[stages.Stage]) -> None:
@@ -505,9 +508,15 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
     from stagebench import machine, noise
+    from stagebench.isolate import Cancelled
 
     if args.results.exists() and not args.results.is_dir():
         raise BadInput(f"--results {args.results} is not a directory")
+    log = args.results / noise.LOG_NAME
+    if log.exists() and not log.is_file():
+        raise BadInput(f"--results {args.results}: {log} is not a regular file")
+    unstored: list[StoreError] = []
+    done: list[Result] = []
     if args.show:
         records = noise.load(args.results)
         if not records:
@@ -523,8 +532,13 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         if args.profile_steps is None:  # noise runs measure spread, not where the time goes
             workload = dataclasses.replace(workload, profile_steps=0)
         _check_apart(args.jsonl, args.log_dir, stage_list)
+        if args.jsonl is not None and args.jsonl.resolve() == log.resolve():
+            raise BadInput(f"--jsonl {args.jsonl} is the noise log itself; give another file")
         _check_store(args.jsonl)
         _check_log_dir(args.log_dir)
+        # The records are written after every run: a directory that cannot take them must say
+        # so now, not after hours of measuring.
+        _check_store(log, flag=f"--results {args.results}:")
         try:
             name = machine.name(machine.facts())
         except ValueError as exc:
@@ -538,13 +552,36 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         def finished(result: Result) -> None:
             console.print(f"  {result.stage}: {result.status}", highlight=False)
 
-        done = noise.measure(
-            stage_list, workload, args.runs, store=args.jsonl, log_dir=args.log_dir,
-            on_result=finished,
-        )  # fmt: skip
+        try:
+            done = noise.measure(
+                stage_list, workload, args.runs, store=args.jsonl, log_dir=args.log_dir,
+                on_result=finished, on_store_error=lambda result, exc: unstored.append(exc),
+            )  # fmt: skip
+        except Cancelled as exc:
+            kept = f"; the runs' Results are in {args.jsonl}" if args.jsonl else ""
+            print(
+                f"stagebench: {exc}; no further run was started and no noise record was "
+                f"written{kept}",
+                file=sys.stderr,
+            )
+            return exc.exit_code
         records = noise.summarize(done, name)
-        path = noise.append(args.results, records)
-        console.print(f"noise records appended to {path}", highlight=False)
+        lost = []
+        for record in records:
+            try:
+                noise.append(args.results, [record])
+            except StoreError as exc:
+                lost.append((record, exc))
+        if lost:  # what was measured is not lost: each record to stderr as one JSON line
+            print(
+                f"stagebench: error: could not store {len(lost)} noise record(s) in {log}: "
+                f"{lost[-1][1].reason}; they follow",
+                file=sys.stderr,
+            )
+            for record, _ in lost:
+                print(json.dumps(record.to_dict(), sort_keys=True), file=sys.stderr)
+            return EXIT_NOT_DONE
+        console.print(f"noise records appended to {log}", highlight=False)
     table = Table(title="run-to-run noise (separate processes)", title_justify="left")
     for header in noise.TABLE_HEADER:
         table.add_column(header, justify="left" if header == "stage" else "right")
@@ -557,7 +594,14 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         "the runs' own 95% CI of their median, which misses what differs between processes.",
         highlight=False,
     )
-    return 0
+    if unstored:  # the Results themselves went to stderr as they ended
+        print(
+            f"stagebench: error: could not store {len(unstored)} result(s) in {args.jsonl}: "
+            f"{unstored[-1].reason}",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_DONE
+    return EXIT_FAILED if any(r.failed for r in done) else 0
 
 
 def _bisect_release(args: argparse.Namespace, console: Console) -> int:
@@ -587,6 +631,10 @@ def _bisect_release(args: argparse.Namespace, console: Console) -> int:
     workload = workload_from(args)
     _check_store(args.jsonl)
     _check_log_dir(args.log_dir)
+    cache = overlay.cache_root(args.overlay_dir)
+    _check_log_dir(
+        cache, "--overlay-dir" if args.overlay_dir else "the overlay cache (--overlay-dir)"
+    )
     measure = depbisect.Measurer(
         stage,
         workload,
@@ -692,6 +740,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"stagebench: error: {exc}", file=sys.stderr)
         return EXIT_NOT_DONE
+    except KeyboardInterrupt:  # Ctrl-C outside a stage (an overlay's pip, loading a config ...)
+        print("stagebench: cancelled by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as exc:  # a bug or the machine, never "a stage failed" (1)
         traceback.print_exc()
         print(f"stagebench: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -113,8 +113,9 @@ def commits(
     rows: list[Row] = []
     several = len(history.series) > 1
     records = noise.load(results_dir)
+    current = noise.versions(results_dir)  # the series' versions now
     for source, series in sorted(history.series.items()):
-        priors = noise.priors(records, source.machine)
+        priors = noise.priors(records, source.machine, current)
         for name, points in sorted(series.items()):
             # Each machine and environment is judged on its own; the row says which.
             benchmark = f"[{source.machine} {source.env}] {name}" if several else name

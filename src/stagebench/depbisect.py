@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,10 @@ REASON_CHARS = 90
 
 class LockError(ValueError):
     """Bad input in lock mode (one line; the CLI exits 2)."""
+
+
+_COMMENT = re.compile(r"(^|\s+)#.*$")  # as pip strips comments from requirements files
+_OPTIONS = re.compile(r"\s+(?=--?[A-Za-z])")  # where a requirement's own options begin
 
 
 @dataclass
@@ -321,29 +326,38 @@ def parse_lock(path: Path) -> dict[str, str]:
     lines and all), by canonical name; a direct reference (`name @ URL`) pins `@ URL`. Lines
     whose markers exclude this interpreter are left out."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8-sig")  # an editor's BOM is no package name
     except OSError as exc:
         raise LockError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LockError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     pins: dict[str, str] = {}
     joined = text.replace("\r\n", "\n").replace("\\\n", " ")  # continuation lines
     for line in joined.splitlines():
-        line = line.split(" #", 1)[0].strip()
+        line = _COMMENT.sub("", line).strip()  # pip's rule: '#' after whitespace, tabs too
         if not line or line.startswith(("#", "-")):
             continue
-        spec = line.split(" --", 1)[0].strip()  # per-requirement options (--hash=...)
+        spec = _OPTIONS.split(line, 1)[0].strip()  # per-requirement options (--hash=...)
         try:
             req = Requirement(spec)
         except InvalidRequirement as exc:
-            raise LockError(f"{path}: {spec!r} is not a requirement ({exc})") from None
+            why = str(exc).splitlines()[0]  # packaging adds the line and a caret below it
+            raise LockError(f"{path}: {spec!r} is not a requirement ({why})") from None
         if req.marker and not req.marker.evaluate():
             continue
         name = canonicalize_name(req.name)
+        pinned = None
         if req.url:
-            pins[name] = f"@ {req.url}"
+            pinned = f"@ {req.url}"
+        else:
+            ops = [s for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
+            if len(ops) == 1 and len(req.specifier) == 1:
+                pinned = ops[0].version
+        if pinned is None:
             continue
-        exact = [s for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
-        if len(exact) == 1 and len(req.specifier) == 1:
-            pins[name] = exact[0].version
+        if pins.get(name, pinned) != pinned:
+            raise LockError(f"{path} pins {name} twice: {pins[name]} and {pinned}")
+        pins[name] = pinned
     if not pins:
         raise LockError(f"{path} pins no package (name==version)")
     return pins
@@ -379,6 +393,10 @@ class LockChange:
             return "removed in NEW: an overlay cannot take a package away"
         if self.new.startswith("@"):
             return "a direct URL in NEW, not a release"
+        try:
+            Version(self.new)
+        except InvalidVersion:  # `===` pins anything; an overlay installs name==version
+            return f"{self.new!r} in NEW is not a PEP 440 version"
         return None
 
     def __str__(self) -> str:
@@ -473,9 +491,10 @@ def bisect_lock(
         except releases.ReleaseError as exc:
             lines.append(f"{name}: its releases cannot be bisected: {exc}")
             continue
-        known = {str(c.new): trial}
-        have = base_packages.get(name)
-        if have is not None and Version(have) == Version(c.old):
+        # NEW's run is the range's BAD, by the release's own spelling (the lock may pin 0.8 for
+        # 0.8.0); the base's run is GOOD where it has OLD's version.
+        known = {str(rng.bad.version): trial}
+        if _same_version(base_packages.get(name), c.old):
             known[str(rng.good.version)] = _copy_as(base, name, c.old)
         sub = bisect_releases(rng, measure, metric, stage=stage, known=known, on_trial=on_trial)
         outcome.trials += [t for t in sub.trials if not any(t is u for u in outcome.trials)]
@@ -485,6 +504,13 @@ def bisect_lock(
             outcome.package, outcome.first, outcome.last = name, sub.first, sub.last
     outcome.message = "; ".join(lines)
     return outcome
+
+
+def _same_version(have: str | None, pinned: str) -> bool:
+    try:
+        return have is not None and Version(have) == Version(pinned)
+    except InvalidVersion:  # a version outside PEP 440 is only the same as itself
+        return have == pinned
 
 
 def _copy_as(base: Trial, package: str, version: str) -> Trial:

@@ -321,6 +321,7 @@ def render(
     log = read_log(results_dir)
     records = noise.load(results_dir)
     lane_log = lanes.read_log(results_dir)
+    current = noise.versions(results_dir)  # the series' versions now
     sections, files = [], {}
     rank = {c: i for i, c in enumerate(order or ())}
     for source, series in sorted(history.series.items()):
@@ -331,7 +332,7 @@ def render(
         previous = commits[-2][2] if len(commits) > 1 else None
         pinned = baseline if baseline else commits[0][2]
         mine = {c: f for c, f in found.items() if f.machine == source.machine}
-        priors = noise.priors(records, source.machine)
+        priors = noise.priors(records, source.machine, current)
         rows = rows_for(series, latest, previous, pinned, stored, mine, priors)
         facts = next(
             (e.get("facts", {}) for e in reversed(log) if e.get("machine") == source.machine), {}

@@ -74,6 +74,18 @@ class Prior:
     df: int
     source: str  # for people: "5 separate runs of 2026-12-06"
 
+    def __post_init__(self) -> None:
+        # A NaN or negative sigma would make every bar the minimum effect, a df of 0 has no
+        # Student-t quantile: such a prior is refused where it is made, not half-used.
+        if not (isinstance(self.sigma, int | float) and math.isfinite(self.sigma)):
+            raise ValueError(f"a prior's sigma must be a finite number, not {self.sigma!r}")
+        if self.sigma < 0:
+            raise ValueError(f"a prior's sigma must be >= 0, not {self.sigma!r}")
+        if not isinstance(self.df, int) or isinstance(self.df, bool) or self.df < 1:
+            raise ValueError(
+                f"a prior's degrees of freedom must be a whole number >= 1, not {self.df!r}"
+            )
+
     @property
     def mde(self) -> float:
         """Two single runs, 95% two-sided (log scale): the stage's own minimum effect."""
@@ -148,7 +160,10 @@ def _median_variance(n: int) -> float:
 
 
 def _pct(log_ratio: float) -> float:
-    return 100.0 * math.expm1(log_ratio)
+    try:
+        return 100.0 * math.expm1(log_ratio)
+    except OverflowError:  # a ratio beyond floats (1e-300 -> 1e300): still a change, not a crash
+        return math.inf
 
 
 def compare_levels(
@@ -178,6 +193,14 @@ def compare_levels(
         if level_b == 0 and level_a != 0 and nb >= MIN_BASELINE and max(map(abs, before)) == 0:
             verdict = REGRESSED if (level_a - level_b) * worse > 0 else IMPROVED
             return Judgement(verdict, "a level of exactly 0 left", **_fields(base))
+
+    def pct(x: float) -> float | None:
+        """A change (or noise, or bar) in % of the level before: from a log ratio, or on the
+        linear scale, in units of that level (none when the level is 0: no % of 0)."""
+        if relative:
+            return _pct(x)
+        return None if level_b == 0 else 100.0 * x
+
     effect = statistics.median(logs_a) - statistics.median(logs_b)
     sigma, df = spread(logs_b)
     reason = None
@@ -193,11 +216,11 @@ def compare_levels(
             return Judgement(
                 UNJUDGED,
                 f"{nb} point{'s' * (nb != 1)} before the change, {MIN_BASELINE} needed",
-                change_pct=_pct(effect),
+                change_pct=pct(effect),
                 **{k: v for k, v in _fields(base).items() if k != "change_pct"},
             )
     margin = t_quantile(df) * sigma * math.sqrt(_median_variance(nb) + _median_variance(na))
-    floor = math.log1p(MIN_EFFECT) if level_b != 0 else 0.0  # no 1% of 0
+    floor = (math.log1p(MIN_EFFECT) if relative else MIN_EFFECT) if level_b != 0 else 0.0
     if prior is not None and relative:
         # the stage's own minimum effect, not the 1% every stage gets
         floor = max(prior.mde, math.log1p(MIN_EFFECT_MEASURED))
@@ -211,9 +234,9 @@ def compare_levels(
         reason,
         before=level_b,
         after=level_a,
-        change_pct=_pct(effect),
-        noise_pct=_pct(sigma),
-        bar_pct=_pct(bar),
+        change_pct=pct(effect),
+        noise_pct=pct(sigma),
+        bar_pct=pct(bar),
         n_before=nb,
         n_after=na,
     )
@@ -289,7 +312,9 @@ def latest(values: Sequence[float], worse: int, prior: Prior | None = None) -> J
     counts: `same`; too few points: `unjudged`.
     """
     n = len(values)
-    needed = 2 if prior is not None else MIN_BASELINE + 1
+    # A prior is noise on a log scale: a series with zeros (no relative scale) gets none of it.
+    relative = all(v > 0 for v in values)
+    needed = 2 if prior is not None and relative else MIN_BASELINE + 1
     if n < needed:
         points = f"{n} point{'s' * (n != 1)}"
         return Judgement(UNJUDGED, f"{points} of history, {needed} needed")

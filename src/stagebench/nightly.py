@@ -434,7 +434,7 @@ def _canary(results: Path, report: Path, env: dict, name: str, commit: str, asv_
         commit,
         _python_version(),
         _tonight(Path(env["STAGEBENCH_STORE"]), commit, built.path),
-        noise.priors(noise.load(results), name),
+        noise.priors(noise.load(results), name, noise.versions(results)),
     )
     lanes.mark_standing(found, lanes.read_log(results), name, changes)
     for i, d in enumerate(d for d in found if d.alarms):

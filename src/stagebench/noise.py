@@ -48,6 +48,25 @@ class MetricNoise:
     mde_pct: float  # two single nightly runs, 95% two-sided
     within_ci_pct: float | None = None  # mean of the runs' own CI half-widths (step time)
 
+    def __post_init__(self) -> None:
+        # Records are read back from a file people can edit: a value of the wrong type or an
+        # impossible one makes the record unreadable here, never a crash in a reader later.
+        values = self.values
+        if not isinstance(values, list) or not values or not all(map(_positive, values)):
+            raise ValueError(f"values {values!r} are not a list of positive numbers")
+        if not _number(self.sigma_pct) or not self.sigma_pct >= 0:
+            raise ValueError(f"sigma_pct {self.sigma_pct!r} is not a number >= 0")
+        try:
+            mde_pct(self.sigma_pct)  # the judge takes the MDE from sigma: it must exist
+        except OverflowError:
+            raise ValueError(f"sigma_pct {self.sigma_pct!r} is too large to judge by") from None
+        if not isinstance(self.df, int) or isinstance(self.df, bool) or self.df < 1:
+            raise ValueError(f"df {self.df!r} is not a whole number >= 1")
+        if not _number(self.mde_pct):
+            raise ValueError(f"mde_pct {self.mde_pct!r} is not a number")
+        if self.within_ci_pct is not None and not _number(self.within_ci_pct):
+            raise ValueError(f"within_ci_pct {self.within_ci_pct!r} is not a number")
+
     @property
     def sigma_log(self) -> float:
         return math.log1p(self.sigma_pct / 100)
@@ -67,15 +86,51 @@ class StageNoise:
     commit: str | None = None
     packages: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # statuses of the runs that were not ok
+    # The asv version of the class under the measured workload (spec, ranks, a shape that is
+    # not the device's default, protocol): the series it qualifies. "" in older records.
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("machine", "stage", "asv_class", "spec", "shape", "date", "version"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} {getattr(self, name)!r} is not a string")
+        for name in ("protocol", "runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} {value!r} is not a whole number")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(k, str) and isinstance(v, MetricNoise) for k, v in self.metrics.items()
+        ):
+            raise ValueError("metrics is not an object of metric records")
+        if self.commit is not None and not isinstance(self.commit, str):
+            raise ValueError(f"commit {self.commit!r} is not a string")
+        if not isinstance(self.packages, dict):
+            raise ValueError(f"packages {self.packages!r} is not an object")
+        if not isinstance(self.failed, list) or not all(isinstance(f, str) for f in self.failed):
+            raise ValueError(f"failed {self.failed!r} is not a list of strings")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageNoise:
+        if not isinstance(data, dict):
+            raise ValueError(f"a noise record is a JSON object, not {type(data).__name__}")
         fields = dict(data)
-        fields["metrics"] = {k: MetricNoise(**v) for k, v in data["metrics"].items()}
+        metrics = data.get("metrics")
+        if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+            raise ValueError("metrics is not an object of metric records")
+        fields["metrics"] = {k: MetricNoise(**v) for k, v in metrics.items()}
         return cls(**fields)
+
+
+def _number(value: object) -> bool:
+    """A finite real number (JSON's true and false are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: object) -> bool:
+    return _number(value) and value > 0
 
 
 def mde_pct(sigma_pct: float) -> float:
@@ -102,7 +157,7 @@ def metric_noise(values: list[float], within: list[float] | None = None) -> Metr
 
 def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
     """One record per stage from its Results (one per process), in first-seen order."""
-    from stagebench.asv_suite import class_name_of
+    from stagebench.asv_suite import class_name_of, version_of
     from stagebench.workload import Workload, shape_name
 
     by_stage: dict[str, list[Any]] = {}
@@ -134,6 +189,7 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
                 commit=(first.env or {}).get("commit"),
                 packages=dict((ok[0].env if ok else first.env or {}).get("packages") or {}),
                 failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
+                version=version_of(first),
             )
         )
     return records
@@ -161,24 +217,49 @@ def load_file(path: Path) -> list[StageNoise]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    except OSError as exc:  # a directory where the log should be, no permission ...
+        warnings.warn(f"{path}: skipped unreadable noise records ({exc})", stacklevel=2)
+        return []
     records = []
     for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             records.append(StageNoise.from_dict(json.loads(line.decode("utf-8-sig"))))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             warnings.warn(f"{path}:{number}: skipped unreadable noise record ({exc})", stacklevel=2)
     return records
 
 
-def priors(records: Iterable[StageNoise], machine: str) -> dict[tuple[str, str], judge.Prior]:
+def versions(results_dir: Path) -> dict[str, str]:
+    """{asv class: its benchmark version} from asv's benchmarks.json in `results_dir`: what the
+    history's series are now. Empty where there is no readable one (then nothing is filtered)."""
+    try:
+        data = json.loads((Path(results_dir) / "benchmarks.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, str] = {}
+    for name, entry in data.items() if isinstance(data, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("version"), str) and "." in name:
+            found.setdefault(name.rsplit(".", 1)[0], entry["version"])
+    return found
+
+
+def priors(
+    records: Iterable[StageNoise], machine: str, current: dict[str, str] | None = None
+) -> dict[tuple[str, str], judge.Prior]:
     """{(asv class, family): the newest prior} for `machine` under this protocol. Each family
     takes its lead's noise: TFLOPS, tokens/s and both MFUs are computed from the median step
-    time, so their log-scale spread is the step time's."""
+    time, so their log-scale spread is the step time's. `current`: {asv class: benchmark
+    version} of the history judged (see versions()); a record measured for another version of
+    its class (another shape: `noise --workload b2x1024` beside a b1x2048 history) is not that
+    series' noise and is left out."""
     found: dict[tuple[str, str], judge.Prior] = {}
     for record in records:  # oldest first: a newer measurement replaces an older one
         if record.machine != machine or record.protocol != PROTOCOL_VERSION:
+            continue
+        now = (current or {}).get(record.asv_class)
+        if record.version and now is not None and now != record.version:
             continue
         for name, noise in record.metrics.items():
             if noise.df < 1 or not math.isfinite(noise.sigma_pct) or noise.sigma_pct < 0:
@@ -199,14 +280,29 @@ def measure(
     store: Path | None = None,
     log_dir: Path | None = None,
     on_result: Any = None,
+    on_store_error: Any = None,
 ) -> list[Any]:
     """Run every stage `runs` times, each run its own process, round by round; every Result
-    goes to `store` as it ends (run_matrix's guarantees). Returns the Results."""
+    goes to `store` as it ends (run_matrix's guarantees). Returns the Results.
+
+    One cancellation spans every round: a SIGTERM or SIGINT, even between two rounds, stores the
+    stage it stopped, starts no further run and raises isolate.Cancelled once the rounds end."""
+    from stagebench.isolate import cancellation
     from stagebench.matrix import run_matrix
 
     done = []
-    for _ in range(runs):
-        done += run_matrix(stage_list, workload, store=store, log_dir=log_dir, on_result=on_result)
+    with cancellation() as cancel:
+        for _ in range(runs):
+            if cancel.signum:
+                break
+            done += run_matrix(
+                stage_list,
+                workload,
+                store=store,
+                log_dir=log_dir,
+                on_result=on_result,
+                on_store_error=on_store_error,
+            )
     return done
 
 

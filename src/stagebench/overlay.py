@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -276,6 +277,11 @@ def _run(
         raise OverlayError(f"{what}: {exc}") from None
 
 
+# pip's own failure to write (a full disk, a read-only or over-quota filesystem): the machine's
+# problem, never the release's, so never `incompatible`.
+_PIP_WRITE_ERROR = re.compile(r"due to an OSError: \[Errno (28|30|122)\][^\n]*")
+
+
 def pip_reason(output: str) -> str:
     """pip's failure in one line: the conflict's causes, else its last error line."""
     lines = [line.rstrip() for line in output.splitlines()]
@@ -364,7 +370,10 @@ def _install(
         ]
         done = _run(cmd, PIP_TIMEOUT_S, "pip install")
     if done.returncode:
-        raise Incompatible(pip_reason(done.stdout + done.stderr), done.stdout + done.stderr)
+        output = done.stdout + done.stderr
+        if written := _PIP_WRITE_ERROR.search(output):
+            raise OverlayError(f"pip could not write the overlay {path}: {written.group(0)}")
+        raise Incompatible(pip_reason(output), output)
 
 
 def check_imports(overlay: Overlay) -> dict[str, str]:
@@ -394,15 +403,29 @@ def check_imports(overlay: Overlay) -> dict[str, str]:
 
 
 def _load(path: Path) -> Overlay | None:
+    """The cached overlay at `path`, or None where there is none to reuse: no record (a build
+    that died half-way), a record of another layout or one that is not what build() writes
+    (truncated, hand-edited), or an interpreter that is gone. Such a directory is rebuilt."""
     try:
         record = json.loads((path / RECORD).read_text())
-    except (OSError, ValueError):
+        if not isinstance(record, dict) or record.get("layout") != LAYOUT:
+            return None
+        changed = [Change(*c) for c in record["changed"]]
+        requirements = record["requirements"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if record.get("layout") != LAYOUT:
+    fields_ok = all(
+        isinstance(c.name, str) and all(isinstance(v, str | None) for v in (c.old, c.new))
+        for c in changed
+    )
+    if not fields_ok or not (
+        isinstance(requirements, list) and all(isinstance(r, str) for r in requirements)
+    ):
         return None
-    changed = [Change(*c) for c in record["changed"]]
-    python = str(path / "bin" / "python")
-    return Overlay(path, python, record["requirements"], changed, reused=True, record=record)
+    python = path / "bin" / "python"
+    if not python.exists():  # a venv whose interpreter (or its target) is gone
+        return None
+    return Overlay(path, str(python), requirements, changed, reused=True, record=record)
 
 
 def build(
@@ -420,7 +443,8 @@ def build(
 
     Returns its interpreter (`.python`) and what it changed against the base (`.changed`).
     Raises Incompatible (pip refused, e.g. a new torch would be needed; or an import fails),
-    OverlayError (no venv or pip here), ValueError (a requirement that is neither form) and
+    OverlayError (no venv or pip here, a cache or disk that cannot be written), ValueError (a
+    requirement that is neither form) and
     releases.ReleaseError (a bare name the source cannot resolve).
     """
     if not requirements:
@@ -429,8 +453,28 @@ def build(
     base = base_info(base_python)
     root = cache_root(overlay_dir)
     key = cache_key(base, pinned, source, allow_sdist)
-    path = root / key
     t0 = time.perf_counter()
+    try:
+        overlay = _build_locked(root, key, base, base_python, pinned, source, allow_sdist)
+    except OSError as exc:  # the cache cannot be written (read-only, full): not the release's
+        raise OverlayError(f"the overlay cache {root}: {exc.strerror or exc}") from None
+    if check:
+        check_imports(overlay)
+    overlay.build_s = time.perf_counter() - t0
+    return overlay
+
+
+def _build_locked(
+    root: Path,
+    key: str,
+    base: Base,
+    base_python: str,
+    pinned: list[str],
+    source: Source,
+    allow_sdist: bool,
+) -> Overlay:
+    """The overlay `key` under `root`, reused or built while holding its lock."""
+    path = root / key
     with _locked(root / f"{key}.lock"):
         overlay = _load(path)
         if overlay is None:
@@ -463,7 +507,4 @@ def build(
             tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
             os.replace(tmp, path / RECORD)
             overlay = Overlay(path, str(path / "bin" / "python"), pinned, changed, record=record)
-    if check:
-        check_imports(overlay)
-    overlay.build_s = time.perf_counter() - t0
     return overlay

@@ -178,8 +178,9 @@ def check(
     report = Report([], [], 0, len(commits), newest, skipped_files=history.skipped)
     report.sources = sorted(history.series)
     records = noise.load(results_dir)
+    current = noise.versions(results_dir)  # the series' versions now
     for source, series in sorted(history.series.items()):
-        priors = noise.priors(records, source.machine)
+        priors = noise.priors(records, source.machine, current)
         groups: dict[tuple[str, str], list[_Series]] = {}
         for name, points in sorted(series.items()):
             metric = metric_of(name)

@@ -15,6 +15,7 @@ Standard library and packaging only: nothing here imports torch.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime as dt
 import html.parser
 import json
@@ -46,6 +47,7 @@ ACCEPT = (
 )
 TIMEOUT_S = 30.0
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508
 
 
 class ReleaseError(ValueError):
@@ -238,15 +240,21 @@ def files_from_index(package: str, index_url: str = PYPI) -> list[DistFile]:
     if content_type.endswith("json"):
         try:
             entries = json.loads(body)["files"]
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(entries, list):
+                raise TypeError(f"'files' is {type(entries).__name__}, not a list")
+            for i, entry in enumerate(entries):
+                if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+                    raise TypeError(f"files[{i}] is not an object with a filename")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise IndexUnreachable(
                 f"the index {index_url} answered no PEP 691 JSON ({exc})"
             ) from None
         for entry in entries:
-            parsed = parse_filename(package, entry.get("filename", ""))
+            parsed = parse_filename(package, entry["filename"])
             if parsed:
                 yanked = bool(entry.get("yanked"))  # false, true or the reason
                 rp = entry.get("requires-python")
+                rp = rp if isinstance(rp, str) else None  # anything else says nothing usable
                 files.append(DistFile(parsed.filename, parsed.version, parsed.kind, yanked, rp))
         return files
     anchors = _Anchors()
@@ -273,6 +281,10 @@ def releases(
 ) -> list[Release]:
     """Every release the source has of `package`, oldest first, each marked installable or
     not (with why)."""
+    if not NAME.match(package):
+        raise ReleaseError(
+            f"{package!r} is not a package name (letters, digits and . _ -, as on PyPI)"
+        )
     if source.find_links:
         files = files_from_dir(package, source.find_links)
         if not files:
@@ -377,6 +389,22 @@ def between(
         and not r.yanked
         and (pre or not r.version.is_prerelease)
     ]
+    # GOOD and BAD of one build (+cu128 both, or no local label): the releases between them of
+    # another build (+cpu, +rocm) are another package in all but name, never measured between.
+    local = first.version.local
+    if local == last.version.local:
+        variant = f"+{local}" if local else "no local label"
+        inside = [
+            r
+            if r.version.local == local
+            else dataclasses.replace(
+                r,
+                installable=False,
+                how="",
+                reason=f"another build than GOOD and BAD ({variant})",
+            )
+            for r in inside
+        ]
     usable = [first, *(r for r in inside if r.installable), last]
     return Range(package, usable, [r for r in inside if not r.installable], source)
 

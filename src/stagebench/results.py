@@ -15,6 +15,8 @@ import dataclasses
 import errno
 import json
 import os
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,18 +285,20 @@ class Result:
             metrics = _object(fields["metrics"], "metrics")
             if metrics.get("distributed") is not None:
                 distributed = _object(metrics["distributed"], "metrics.distributed")
-                metrics["distributed"] = DistributedMetrics(**distributed)
-            if metrics.get("compile") is not None:
-                metrics["compile"] = CompileMetrics(
-                    **_object(metrics["compile"], "metrics.compile")
+                metrics["distributed"] = _typed(
+                    DistributedMetrics(**distributed), "metrics.distributed"
                 )
+            if metrics.get("compile") is not None:
+                compiled = CompileMetrics(**_object(metrics["compile"], "metrics.compile"))
+                metrics["compile"] = _typed(compiled, "metrics.compile")
             if metrics.get("samples") is not None:
-                metrics["samples"] = Samples(**_object(metrics["samples"], "metrics.samples"))
+                samples = Samples(**_object(metrics["samples"], "metrics.samples"))
+                metrics["samples"] = _typed(samples, "metrics.samples")
             if metrics.get("profile") is not None:
                 metrics["profile"] = _profile(_object(metrics["profile"], "metrics.profile"))
-            fields["metrics"] = Metrics(**metrics)
+            fields["metrics"] = _typed(Metrics(**metrics), "metrics")
         fields["schema_version"] = SCHEMA_VERSION  # read: upgraded (older lack only new fields)
-        return cls(**fields)
+        return _typed(cls(**fields), "result")
 
 
 def _profile(data: dict[str, Any]) -> ProfileMetrics:
@@ -311,7 +315,50 @@ def _profile(data: dict[str, Any]) -> ProfileMetrics:
     if not isinstance(steps, list):
         raise ValueError(f"metrics.profile.per_step is a JSON array, not {type(steps).__name__}")
     data["per_step"] = [StepTime(**_object(t, "metrics.profile.per_step[]")) for t in steps]
-    return ProfileMetrics(**data)
+    for name, group in data["groups"].items():
+        _typed(group, f"metrics.profile.groups.{name}")
+    for kernel in data["kernels"]:
+        _typed(kernel, "metrics.profile.kernels[]")
+    for step in data["per_step"]:
+        _typed(step, "metrics.profile.per_step[]")
+    return _typed(ProfileMetrics(**data), "metrics.profile")
+
+
+def _typed(obj: Any, name: str) -> Any:
+    """`obj`, a dataclass read from JSON, with every field of the type its annotation says (a
+    number where a float is, no true/false for a number, lists and objects of those): a line
+    that holds anything else is unreadable here, not a crash of whichever reader meets it."""
+    for f, hint in typing.get_type_hints(type(obj)).items():
+        value = getattr(obj, f)
+        if not _conforms(value, hint):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+            raise ValueError(f"{name}.{f} is {shown}, not {_hint_name(hint)}")
+    return obj
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:
