@@ -117,3 +117,11 @@ def test_a_canary_wheel_directory_that_does_not_exist_is_bad_input(monkeypatch, 
     monkeypatch.setenv("STAGEBENCH_CANARY_FIND_LINKS", str(tmp_path / "none"))
     with pytest.raises(lanes.LaneError, match="not a directory"):
         lanes.source()
+
+
+def test_a_pin_the_locked_stack_already_has_moves_nothing():
+    base = {"liger-kernel": "0.8.5", "torch": "2.11.0"}
+    assert lanes.same_version("liger-kernel==0.8.5", base)
+    assert lanes.same_version("Liger_Kernel==0.8.5", base)  # canonical names
+    assert not lanes.same_version("liger-kernel==0.8.6", base)
+    assert not lanes.same_version("kernels==0.19.1", base)  # not in the stack

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import http.server
+import json
 import re
 import shutil
 import subprocess
@@ -52,9 +53,11 @@ def chromium(*args: str, profile: Path) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def site(tmp_path):
-    """A published site with two commits of history, served on loopback."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A published site with two commits of history, served on loopback (built once: the tests
+    only read it)."""
+    tmp_path = tmp_path_factory.mktemp("site")
     repo = make_repo(tmp_path / "repo")
     env = bench_env(tmp_path / "home", STAGEBENCH_ASV_MACHINE="site-test")
     run = functools.partial(subprocess.run, cwd=repo, env=env, capture_output=True, text=True)
@@ -119,3 +122,33 @@ def test_the_graph_behind_a_cell_draws_from_the_sites_own_libraries(site, tmp_pa
     # Both commits are in the history the graph reads.
     files = list((repo / ".asv" / "results" / "site-test").glob("*-interpreter-py*.json"))
     assert len(files) == 2
+
+
+# A test-only page served beside the site: it frames the front page at a phone's width and
+# writes what the layout measured where --dump-dom can read it.
+PHONE_PROBE = """<!doctype html><html><body>
+<iframe id="f" src="index.html" style="width:390px;height:844px;border:0"></iframe>
+<pre id="out">pending</pre>
+<script>
+document.getElementById("f").onload = function () {
+  var d = this.contentDocument, page = d.documentElement, table = d.querySelector("table");
+  var folded = d.querySelector("th:nth-child(4)");
+  document.getElementById("out").textContent = JSON.stringify({
+    page: page.scrollWidth, view: page.clientWidth,
+    wrap: table.parentElement.className, folded: getComputedStyle(folded).display
+  });
+};
+</script></body></html>
+"""
+
+
+def test_the_front_page_fits_a_phone_width(site, tmp_path):
+    url, repo = site
+    (repo / ".asv" / "html" / "phone-probe.html").write_text(PHONE_PROBE)
+    dom = chromium("--dump-dom", f"{url}phone-probe.html", profile=tmp_path / "p4")
+    found = re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)
+    assert found and found.group(1) != "pending", dom[-2000:]
+    layout = json.loads(html.unescape(found.group(1)))
+    assert layout["page"] <= layout["view"], layout  # the page itself never scrolls sideways
+    assert layout["wrap"] == "scroll"  # the table scrolls inside its own box instead
+    assert layout["folded"] == "none", layout  # less important columns fold away on a phone

@@ -221,12 +221,23 @@ def moved(changed: list[Any], tracked: list[str]) -> list[tuple[str, str, str]]:
     return [(c.name, c.old, c.new) for c in changed if c.name in names and c.old and c.new]
 
 
+def same_version(pin: str, base_packages: dict[str, str]) -> bool:
+    """Whether `name==version` is what the locked stack already has."""
+    name, _, version = pin.partition("==")
+    return base_packages.get(canonicalize_name(name.split("[")[0])) == version
+
+
 def bisect(
-    d: Divergence, packages: list[tuple[str, str, str]], workdir: Path, src: releases.Source
+    d: Divergence,
+    packages: list[tuple[str, str, str]],
+    workdir: Path,
+    src: releases.Source,
+    night_store: Path | None = None,
 ) -> dict[str, Any]:
     """`stagebench bisect-release` for one divergence, in this process: one package moved, its
-    releases between the lanes; several, which package first (lock mode). Returns the answer
-    the alarm shows: the verdict line, the lines before it and the versions tried."""
+    releases between the lanes; several, which package first (lock mode). Its Results go to
+    `workdir`, never the history; tonight's reference (`night_store`) is reused. Returns the
+    answer the alarm shows: the verdict line, the lines before it and the versions tried."""
     from stagebench import asv_suite, depbisect, overlay
     from stagebench.metrics import METRICS
 
@@ -235,14 +246,16 @@ def bisect(
         return {"message": f"{d.stage_class} is not a stage of tonight's suite: not bisected"}
     metric = METRICS["step_time_ms"]
     workdir.mkdir(parents=True, exist_ok=True)
+    workload = asv_suite.bench_workload()
     measure = depbisect.Measurer(
-        stage,
-        asv_suite.bench_workload(),
-        metric,
-        source=src,
-        store=workdir / "results.jsonl",
+        stage, workload, metric, source=src, store=workdir / "results.jsonl",
         log_dir=workdir / "logs",
-    )
+    )  # fmt: skip
+    if night_store is not None and measure.reference is None:  # tonight's, not measured again
+        from stagebench import results
+        from stagebench.matrix import find_reference
+
+        measure.reference = find_reference(results.load(night_store), workload)
     if len(packages) == 1:
         name, old, new = packages[0]
         span = releases.between(name, old, new, src)

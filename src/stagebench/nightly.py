@@ -411,7 +411,11 @@ def _canary(results: Path, report: Path, env: dict, name: str, commit: str, asv_
         return "no tracked package in the locked stack", [], []
     src = lanes.source()
     try:
-        built = overlay.build(tracked, source=src)
+        # The newest releases first (an index query): an overlay only where one moved.
+        newest = overlay.pin(tracked, src)
+        if all(lanes.same_version(pin, base.packages) for pin in newest):
+            return "the newest releases are the locked ones: not measured", [], []
+        built = overlay.build(newest, source=src)
     except overlay.Incompatible as exc:
         why = f"not built: the newest releases do not install or import here ({exc.reason})"
         return why, [], []
@@ -437,9 +441,10 @@ def _canary(results: Path, report: Path, env: dict, name: str, commit: str, asv_
         noise.priors(noise.load(results), name, noise.versions(results)),
     )
     lanes.mark_standing(found, lanes.read_log(results), name, changes)
+    store = Path(env["STAGEBENCH_STORE"])
     for i, d in enumerate(d for d in found if d.alarms):
         if i < lanes.MAX_BISECTS:
-            d.answer = lanes.bisect(d, moved, report / "bisect" / d.stage, src)
+            d.answer = lanes.bisect(d, moved, report / "bisect" / d.stage, src, store)
         else:
             why = f"not bisected tonight ({lanes.MAX_BISECTS} a night): run it"
             d.answer = {"lines": [why], "command": lanes.command(d, moved)}
