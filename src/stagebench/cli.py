@@ -364,15 +364,20 @@ def _run(stage_list: list[stages.Stage], args: argparse.Namespace, console: Cons
             return exc.exit_code
     print_results(done, console)
     if unstored:  # the Results themselves went to stderr as they ended
-        print(
-            f"stagebench: error: could not store {len(unstored)} result(s) in {args.jsonl}: "
-            f"{unstored[-1].reason}",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_DONE
+        return _not_stored(unstored, args.jsonl)
     if args.jsonl:
         console.print(f"results appended to {args.jsonl}", highlight=False)
     return EXIT_FAILED if any(r.failed for r in done) else 0
+
+
+def _not_stored(unstored: list[StoreError], path: Path | None) -> int:
+    """One line for the Results the store could not take (each went to stderr whole)."""
+    print(
+        f"stagebench: error: could not store {len(unstored)} result(s) in {path}: "
+        f"{unstored[-1].reason}",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_DONE
 
 
 def _list(args: argparse.Namespace, console: Console) -> int:
@@ -595,12 +600,7 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
     )
     if unstored:  # the Results themselves went to stderr as they ended
-        print(
-            f"stagebench: error: could not store {len(unstored)} result(s) in {args.jsonl}: "
-            f"{unstored[-1].reason}",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_DONE
+        return _not_stored(unstored, args.jsonl)
     return EXIT_FAILED if any(r.failed for r in done) else 0
 
 
@@ -701,12 +701,7 @@ def _bisect_release(args: argparse.Namespace, console: Console) -> int:
         for line in depbisect.summary_lines(outcome):
             console.print(line, markup=False, highlight=False)
     if measure.unstored:
-        print(
-            f"stagebench: error: could not store {len(measure.unstored)} result(s) in "
-            f"{args.jsonl}: {measure.unstored[-1].reason}",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_DONE
+        return _not_stored(measure.unstored, args.jsonl)
     return outcome.exit_code
 
 
