@@ -9,12 +9,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+from asv_history import MACHINE, STAGE, STEP_TIME, noisy, speed_family, write_history
 
 from stagebench import PROTOCOL_VERSION, cli, compare, judge, noise, regress
 from stagebench import results as results_store
 from stagebench.results import Metrics, Result
 from stagebench.workload import Workload
-from tests.asv_history import MACHINE, STAGE, STEP_TIME, noisy, speed_family, write_history
 
 
 def _record(sigma_pct: float, *, machine: str = MACHINE, date: str = "2026-12-01", runs=5):
