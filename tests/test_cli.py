@@ -138,6 +138,14 @@ def test_profile_steps_reach_the_workload(argv, steps):
     assert w.profile_steps == steps
 
 
+@pytest.mark.parametrize(("argv", "mode"), [([], "default"), (["--host-gc", "freeze"], "freeze")])
+def test_the_collector_setting_reaches_the_workload(argv, mode):
+    from stagebench.cli import build_parser, workload_from
+
+    w = workload_from(build_parser().parse_args(["run", "00_sdpa", "--device", "cpu", *argv]))
+    assert w.host_gc == mode
+
+
 def test_list_shows_the_options(capsys):
     code, out, _ = run_cli(capsys, ["list", "--device", "cpu"])
     assert code == 0

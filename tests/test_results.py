@@ -78,7 +78,7 @@ def test_unknown_status_raises():
         make_result(status="okay")
 
 
-@pytest.mark.parametrize("version", [0, 5, None, "1"])
+@pytest.mark.parametrize("version", [0, 6, None, "1"])
 def test_wrong_schema_version_raises(version):
     """Rows from another schema must not be read as if they meant the same thing."""
     data = make_result().to_dict()
@@ -107,6 +107,7 @@ def test_a_version_1_line_still_loads():
     del data["metrics"]["distributed"]
     del data["metrics"]["compile"]  # schema 3
     del data["workload"]["nproc"]  # added with schema 2, too
+    del data["workload"]["host_gc"]  # schema 5
     back = Result.from_dict(data)
     assert back.metrics.distributed is None
     assert back.schema_version == results.SCHEMA_VERSION
@@ -117,10 +118,11 @@ def test_a_version_2_line_still_loads():
     data = make_result(metrics=make_metrics()).to_dict()
     data["schema_version"] = 2
     del data["metrics"]["compile"]
+    del data["workload"]["host_gc"]  # schema 5
     back = Result.from_dict(json.loads(json.dumps(data)))
     assert back.metrics.compile is None
     assert back.metrics.graph_breaks is None and back.metrics.recompiles is None
-    assert back.schema_version == results.SCHEMA_VERSION == 4
+    assert back.schema_version == results.SCHEMA_VERSION == 5
 
 
 def test_a_version_3_line_still_loads():
@@ -131,10 +133,11 @@ def test_a_version_3_line_still_loads():
     del data["metrics"]["samples"]
     del data["metrics"]["profile"]
     del data["workload"]["profile_steps"]
+    del data["workload"]["host_gc"]  # schema 5
     back = Result.from_dict(json.loads(json.dumps(data)))
     assert back.metrics.samples is None and back.metrics.profile is None
     assert results.summary_from_samples(back.metrics) is None  # nothing to recompute from
-    assert back.schema_version == results.SCHEMA_VERSION == 4
+    assert back.schema_version == results.SCHEMA_VERSION == 5
 
 
 def _profile() -> ProfileMetrics:

@@ -69,6 +69,7 @@ def test_an_unknown_workload_name_lists_the_valid_ones():
         ("device", "tpu"),
         ("peak_tflops", 0.0),
         ("peak_tflops", -5.0),
+        ("host_gc", "disabled"),
     ],
 )
 def test_invalid_value_names_the_field(field, value):

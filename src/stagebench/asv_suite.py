@@ -208,12 +208,15 @@ def class_name_of(result: results.Result) -> str:
 
 def benchmark_version(stage: stages.Stage, workload: Workload, nproc: int | None = None) -> str:
     """The asv `version` of a stage's class measured with `workload`: its spec, its rank count,
-    its shape where it is not the device's default, and the protocol. Another shape or protocol
-    is another series, never joined (and never judged with the other's noise)."""
+    its shape where it is not the device's default, its collector setting where it is not the
+    default, and the protocol. Another shape, collector setting or protocol is another series,
+    never joined (and never judged with the other's noise)."""
     history = f"{stage.spec}|nproc-{nproc}" if nproc else stage.spec
     default = defaults_for(workload.device)
     if (workload.batch_size, workload.seq_len) != (default["batch_size"], default["seq_len"]):
         history += f"|{shape_name(workload)}"  # another shape is another series, never joined
+    if workload.host_gc != "default":  # so is another collector setting
+        history += f"|gc-{workload.host_gc}"
     return f"{history}|protocol-{PROTOCOL_VERSION}"
 
 

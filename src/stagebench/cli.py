@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stagebench import __version__, env, results, stages
+from stagebench.host_gc import MODES as HOST_GC_MODES
 from stagebench.models import PRESETS, ModelError, default_preset, load_config
 from stagebench.results import Result, StoreError
 from stagebench.workload import WORKLOADS, Workload, defaults_for, named
@@ -84,6 +85,12 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
         "--profile-steps",
         type=int,
         help="steps profiled after the timed ones, where the time goes (default 3; 0: none)",
+    )
+    g.add_argument(
+        "--host-gc",
+        choices=list(HOST_GC_MODES),
+        help="Python's garbage collector in the measured steps: as it runs (default), frozen "
+        "after the warm-up, or off until they end",
     )
     o = p.add_argument_group("output")
     o.add_argument("--jsonl", type=Path, help="append every Result to this JSON Lines file")
@@ -237,6 +244,7 @@ def workload_from(args: argparse.Namespace) -> Workload:
         "compile_cache",
         "nproc",
         "profile_steps",
+        "host_gc",
     ):
         value = getattr(args, name)
         if value is not None:

@@ -29,9 +29,10 @@ from stagebench.workload import Workload
 # `cancelled` did not bump the schema.
 # 2: Metrics.distributed (FSDP2 runs), alloc_retries. 3: Metrics.compile (graph breaks,
 # recompiles, frames run eagerly). 4: Metrics.samples (every step's time) and Metrics.profile
-# (where the time goes). Older lines still load: they lack only the new fields.
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# (where the time goes). 5: Workload.host_gc (the collector in the measured steps). Older lines
+# still load: they lack only the new fields.
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 SAMPLE_DECIMALS = 4  # ms: 0.1 us, below a CUDA event's resolution; keeps a 60-step line small
 BOM = "\ufeff".encode()
 STORE_NAME = "stagebench-results.jsonl"  # the store asv's suite keeps inside its results

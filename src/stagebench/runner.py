@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stagebench import distributed, flops, optim, profile, stats
+from stagebench import distributed, flops, host_gc, optim, profile, stats
 from stagebench.models import build_model, decoder_layers, load_config, parameter_count
 from stagebench.optim import compile as compile_opt
 from stagebench.results import SAMPLE_DECIMALS, DistributedMetrics, Metrics, Samples
@@ -229,18 +229,19 @@ def _timed_loop(
     timer = CudaTimer() if device.type == "cuda" else HostTimer()
     loss = loss0
     measured = 0
-    for i in range(workload.max_steps):
-        timer.start()
-        loss, _ = step(batches[workload.warmup_steps + i])
-        timer.stop()
-        measured = i + 1
-        if measured >= workload.min_steps and measured % CHECK_EVERY_STEPS == 0:
-            ci = stats.summarize(timer.times_ms()).ci95_half_width_pct if measured > 6 else None
-            done = ci is not None and ci <= workload.target_ci_pct
-            if rank:
-                done = distributed.rank0_decides(done, device)
-            if done:
-                break
+    with host_gc.controlled(workload.host_gc):
+        for i in range(workload.max_steps):
+            timer.start()
+            loss, _ = step(batches[workload.warmup_steps + i])
+            timer.stop()
+            measured = i + 1
+            if measured >= workload.min_steps and measured % CHECK_EVERY_STEPS == 0:
+                ci = stats.summarize(timer.times_ms()).ci95_half_width_pct if measured > 6 else None
+                done = ci is not None and ci <= workload.target_ci_pct
+                if rank:
+                    done = distributed.rank0_decides(done, device)
+                if done:
+                    break
     # Rounded before anything is computed from them: the stored samples give back the stored
     # statistics exactly.
     times = _rounded(timer.times_ms(all_steps=True))

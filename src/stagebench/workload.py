@@ -9,9 +9,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from stagebench.host_gc import MODES as HOST_GC_MODES
+
 # Fields a stored Result may lack because it was written before they existed (schema 1: nproc;
-# schemas 1 to 3: profile_steps).
-ADDED_LATER = ("nproc", "profile_steps")
+# schemas 1 to 3: profile_steps; schemas 1 to 4: host_gc).
+ADDED_LATER = ("nproc", "profile_steps", "host_gc")
 _KINDS: dict[str, type] = {"str": str, "int": int, "float": float}
 _ACCEPTED = {"str": "a string", "int": "an integer", "float": "a number"}
 
@@ -33,6 +35,7 @@ class Workload:
     compile_cache: str | None = None  # inductor cache directory; None: the user cache
     nproc: int | None = None  # processes under torchrun, sharded with FSDP2; None: one, unsharded
     profile_steps: int = 3  # profiled after the timed steps (where the time goes); 0: none
+    host_gc: str = "default"  # Python's collector in the measured steps (host_gc.py)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -53,6 +56,7 @@ class Workload:
             ("peak_tflops", self.peak_tflops is None or self.peak_tflops > 0, "above 0"),
             ("nproc", self.nproc is None or self.nproc >= 1, "at least 1"),
             ("profile_steps", self.profile_steps >= 0, "0 (off) or more"),
+            ("host_gc", self.host_gc in HOST_GC_MODES, " or ".join(HOST_GC_MODES)),
         )
         for name, ok, accepted in checks:
             if not ok:
