@@ -125,12 +125,37 @@ def test_a_status_change_is_hunted_by_status_and_a_fix_is_found_too():
     )
     assert (outcome.first, outcome.change.by) == ("1.3", "status")
     assert outcome.change.text == "status ok -> oom (oom reason)"
+    assert any(
+        n.startswith("1.3 fails otherwise (error) than 1.5 (oom); oom first in 1.5")
+        for n in outcome.notes
+    )
     fixed = {"1.0": "error", "1.1": "error", "1.2": "ok", "1.3": "ok", "1.4": "ok", "1.5": "ok"}
     outcome = depbisect.bisect_releases(
         _range(*VERSIONS), FakeMeasure({v: _trial(s) for v, s in fixed.items()}), STEP
     )
     assert outcome.message == "first good: pkg 1.2 (last bad 1.1): fixed in 1.2"
     assert {t.version: t.verdict for t in outcome.trials}["1.0"] == BAD
+
+
+def test_a_first_bad_release_that_fails_otherwise_than_bad_says_so():
+    """As seen on the H100 with liger-kernel under fullgraph compile: 0.8.2 runs out of memory,
+    0.8.3 brings the compile error that 0.8.5 has. The first bad is 0.8.2, and the table's
+    reader learns where the compile error itself began."""
+    failing = {"1.0": "ok", "1.1": "ok", "1.2": "oom", "1.3": "compile_error"}
+    failing |= {"1.4": "compile_error", "1.5": "compile_error"}
+    outcome = depbisect.bisect_releases(
+        _range(*VERSIONS), FakeMeasure({v: _trial(s) for v, s in failing.items()}), STEP
+    )
+    assert outcome.message == "first bad: pkg 1.2 (last good 1.1)"
+    assert outcome.notes == [
+        "1.2 fails otherwise (oom) than 1.5 (compile_error); compile_error first in 1.3 "
+        "(the release before it: 1.2, oom)"
+    ]
+    same = {v: "oom" if s == "compile_error" else s for v, s in failing.items()}
+    outcome = depbisect.bisect_releases(
+        _range(*VERSIONS), FakeMeasure({v: _trial(s) for v, s in same.items()}), STEP
+    )
+    assert not any("fails otherwise" in n for n in outcome.notes)
 
 
 def test_a_faster_release_is_an_improvement():

@@ -182,3 +182,24 @@ def test_a_real_older_release_over_the_base(tmp_path):
     assert seen["packages"]["cut-cross-entropy"] == "24.12.3"
     assert any(seen["torch"].startswith(d) for d in base.site_dirs)
     assert Path(built.path / "lib").exists()
+
+
+def _fake_interpreter(tmp_path: Path, site_dirs: list[str]) -> str:
+    """FAKE interpreter: answers the site-packages query as Debian's python does in a venv,
+    which also names dist-packages folders the venv never has."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!/bin/sh\necho '{json.dumps(site_dirs)}'\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_only_site_folders_that_exist_count_as_the_overlays_own(tmp_path):
+    real = tmp_path / "venv" / "lib" / "python3.12" / "site-packages"
+    real.mkdir(parents=True)
+    debian = [str(real), str(tmp_path / "venv" / "local" / "lib" / "python3.12" / "dist-packages")]
+    assert overlay._own_site_dirs(_fake_interpreter(tmp_path, debian)) == [str(real)]
+
+
+def test_an_overlay_interpreter_without_a_site_folder_is_an_overlay_error(tmp_path):
+    with pytest.raises(overlay.OverlayError, match="no site-packages folder"):
+        overlay._own_site_dirs(_fake_interpreter(tmp_path, [str(tmp_path / "absent")]))

@@ -43,6 +43,7 @@ from stagebench.results import Result, StoreError
 from stagebench.workload import Workload
 
 GOOD, BAD, INCOMPATIBLE, SKIPPED = "good", "bad", "incompatible", "skipped"
+GOOD_STATUS = "ok"
 REGRESSION, IMPROVEMENT = "regression", "improvement"
 EXIT_CULPRIT, EXIT_CANNOT_JUDGE = 0, 3
 REASON_CHARS = 90
@@ -228,7 +229,7 @@ def bisect_releases(
     package = rng.package
     cands = rng.candidates
     good_v, bad_v = str(rng.good.version), str(rng.bad.version)
-    known = known or {}
+    known = dict(known or {})
     trials: list[Trial] = []
 
     def outcome(exit_code: int, message: str, change: Change | None = None) -> Outcome:
@@ -237,10 +238,12 @@ def bisect_releases(
 
     def run(i: int) -> Trial:
         version = str(cands[i].version)
-        if version in known:  # measured already (lock mode): not again
-            trials.append(known[version])
+        if version in known:  # measured already (lock mode, or earlier in this search)
+            if not any(t is known[version] for t in trials):
+                trials.append(known[version])
             return known[version]
         trial = _measured(measure(_requirement(package, version)), package, version)
+        known[version] = trial
         trials.append(trial)
         if trial.status == INCOMPATIBLE:
             trial.verdict = INCOMPATIBLE
@@ -302,6 +305,9 @@ def bisect_releases(
             f"{', '.join(found_it.between)}; {first.version} is the first measurable release "
             "with the change"
         )
+    first_trial = next(t for t in trials if t.version == str(first.version))
+    if change.by == "status" and first_trial.status not in (bad.status, GOOD_STATUS):
+        found_it.notes.append(_own_failure(found.first_new, bad, cands, run, first_trial))
     elsewhere = [
         f"{r.version} ({r.reason})"
         for r in rng.skipped
@@ -310,6 +316,32 @@ def bisect_releases(
     if elsewhere:
         found_it.notes.append(f"not installable here, never tried: {', '.join(elsewhere)}")
     return found_it
+
+
+def _own_failure(
+    first: int, bad: Trial, cands: list, run: Callable[[int], Trial], first_trial: Trial
+) -> str:
+    """The first bad release fails otherwise than BAD (an OOM before a compile error): find
+    where BAD's own failure begins, between it and BAD, by the same binary search."""
+
+    def test(i: int) -> str | None:
+        trial = run(i)
+        if trial.status == INCOMPATIBLE:
+            return None
+        trial.verdict = trial.verdict or (GOOD if trial.ok else BAD)
+        return "new" if trial.status == bad.status else "old"
+
+    found = search(len(cands) - first, lambda k: test(first + k))
+    own, before = cands[first + found.first_new], cands[first + found.last_old]
+    line = (
+        f"{cands[first].version} fails otherwise ({first_trial.status}) than {bad.version} "
+        f"({bad.status}); {bad.status} first in {own.version} (the release before it: "
+        f"{before.version}, {run(first + found.last_old).status})"
+    )
+    if found.skipped:
+        between = ", ".join(str(cands[first + k].version) for k in found.skipped)
+        line += f"; not measurable between: {between}"
+    return line
 
 
 def _verdict_of(trials: list[Trial], version: str) -> str:

@@ -308,7 +308,11 @@ def _own_site_dirs(python: str) -> list[str]:
     )
     if out.returncode:
         raise OverlayError(f"the new overlay's interpreter does not start: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    # Debian's site module also names dist-packages folders a venv never has: only real ones.
+    own = [d for d in json.loads(out.stdout) if Path(d).is_dir()]
+    if not own:
+        raise OverlayError(f"the new overlay's interpreter {python} has no site-packages folder")
+    return own
 
 
 def _create(path: Path, base: Base, base_python: str) -> list[str]:
@@ -457,7 +461,8 @@ def build(
     try:
         overlay = _build_locked(root, key, base, base_python, pinned, source, allow_sdist)
     except OSError as exc:  # the cache cannot be written (read-only, full): not the release's
-        raise OverlayError(f"the overlay cache {root}: {exc.strerror or exc}") from None
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
+        raise OverlayError(f"the overlay cache {root}{where}: {exc.strerror or exc}") from None
     if check:
         check_imports(overlay)
     overlay.build_s = time.perf_counter() - t0
