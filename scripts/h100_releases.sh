@@ -20,15 +20,8 @@ flash=${2:?usage: $0 CAND_DIR FLASH_DIR}
 job=${JOB:?run through scripts/h100_bg.sh start}
 times=$job/times.tsv
 
-timed() {
-    local name=$1
-    shift
-    local start=$SECONDS
-    "$@" > "$job/$name.log" 2>&1
-    local rc=$?
-    printf '%s\t%s\t%s\n' "$name" "$((SECONDS - start))" "$rc" >> "$times"
-    echo "$name: $((SECONDS - start)) s, exit $rc"
-}
+# shellcheck source=scripts/h100_timed.sh
+source "$(dirname "$0")/h100_timed.sh"
 
 stagebench env --json > "$job/env.json" 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv \
