@@ -13,6 +13,7 @@ import pytest
 from asv_runner.benchmarks._base import get_setup_cache_key
 
 from stagebench import PROTOCOL_VERSION, asv_suite, env, results, stages
+from stagebench.workload import Workload
 
 
 @pytest.fixture
@@ -298,3 +299,13 @@ def test_measure_reads_a_store_with_bad_lines(tmp_path, monkeypatch):
     assert result["numerics"].startswith("step-0 loss")  # the reference ran first, and matched
     with pytest.warns(UserWarning):
         assert [r.spec for r in results.load(store)] == ["sdpa", "eager"]
+
+
+def test_another_model_is_another_series():
+    """A history (and a noise record, which carries the version) measured on another model than
+    the device's default is never joined to the default model's series."""
+    stage = stages.resolve("00_sdpa")
+    default = asv_suite.benchmark_version(stage, Workload(model="tiny", device="cpu"))
+    other = asv_suite.benchmark_version(stage, Workload(model="qwen3-0.6b", device="cpu"))
+    assert default != other and "model-qwen3-0.6b" in other
+    assert "model-" not in default

@@ -208,10 +208,12 @@ def class_name_of(result: results.Result) -> str:
 
 def benchmark_version(stage: stages.Stage, workload: Workload, nproc: int | None = None) -> str:
     """The asv `version` of a stage's class measured with `workload`: its spec, its rank count,
-    its shape where it is not the device's default, its collector setting where it is not the
-    default, and the protocol. Another shape, collector setting or protocol is another series,
-    never joined (and never judged with the other's noise)."""
+    its model and shape where they are not the device's default, its collector setting where it
+    is not the default, and the protocol. Another model, shape, collector setting or protocol is
+    another series, never joined (and never judged with the other's noise)."""
     history = f"{stage.spec}|nproc-{nproc}" if nproc else stage.spec
+    if workload.model != models.default_preset(workload.device):
+        history += f"|model-{workload.model}"  # another model is another series, never joined
     default = defaults_for(workload.device)
     if (workload.batch_size, workload.seq_len) != (default["batch_size"], default["seq_len"]):
         history += f"|{shape_name(workload)}"  # another shape is another series, never joined
