@@ -448,6 +448,23 @@ def test_a_head_authored_before_last_nights_head_is_judged_as_tonight(tmp_path):
     assert (done["run"].returncode, verdict) == (1, "regression"), done["run"].stdout[-2000:]
 
 
+def _processes_carrying(marker: str) -> list[str]:
+    """Command lines of the live processes whose environment holds STAGEBENCH_TEST_NIGHT=marker."""
+    wanted = f"STAGEBENCH_TEST_NIGHT={marker}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if wanted in (proc / "environ").read_bytes().split(b"\0"):
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":  # a zombie runs nothing; its parent reaps it
+                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
 def test_sigterm_during_the_bench_leaves_no_bench_running(tmp_path):
     """SIGTERM to `nightly run` while asv measures: the nightly exits 143 at once, but
     `nox -s bench` and asv go on as orphans and write tonight's result into .asv/results
@@ -455,7 +472,8 @@ def test_sigterm_during_the_bench_leaves_no_bench_running(tmp_path):
     _, origin = _project(tmp_path)
     checkout = tmp_path / "night"
     subprocess.run(["git", "clone", "-q", str(origin), str(checkout)], check=True)
-    env = _night_env(tmp_path, checkout, "term")
+    marker = f"term-{os.getpid()}-{time.monotonic_ns()}"  # every process of this night inherits it
+    env = _night_env(tmp_path, checkout, "term", STAGEBENCH_TEST_NIGHT=marker)
     results_dir = checkout / ".asv" / "results"
     run = subprocess.Popen(
         [sys.executable, "-m", "stagebench.nightly", "run"],
@@ -472,7 +490,12 @@ def test_sigterm_during_the_bench_leaves_no_bench_running(tmp_path):
             time.sleep(0.2)
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=60)
-        time.sleep(45)  # a stage of the tiny bench takes about 15 s
+        # Whatever the night started (nox, asv, its benchmark processes: asv passes the
+        # environment on) must end with it; once none is left, nothing can write later.
+        deadline = time.monotonic() + 60
+        while (left := _processes_carrying(marker)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"still running after the nightly ended: {left}"
         written = [p.name for p in results_dir.glob("*/*.json") if p.name != "machine.json"]
         assert written == [], f"written after the nightly ended: {written}"
     finally:
