@@ -5,6 +5,7 @@ not import; the bisect must name 1.3.0 and never blame 1.2.0."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -156,6 +157,25 @@ def test_a_first_bad_release_that_fails_otherwise_than_bad_says_so():
         _range(*VERSIONS), FakeMeasure({v: _trial(s) for v, s in same.items()}), STEP
     )
     assert not any("fails otherwise" in n for n in outcome.notes)
+
+
+def test_a_release_that_comes_back_is_called_not_monotone():
+    failing = {"1.0": "ok", "1.1": "ok", "1.2": "ok", "1.3": "oom", "1.4": "ok"}
+    failing["1.5"] = "compile_error"
+    outcome = depbisect.bisect_releases(
+        _range(*VERSIONS), FakeMeasure({v: _trial(s) for v, s in failing.items()}), STEP
+    )
+    assert outcome.message == "first bad: pkg 1.3 (last good 1.2)"
+    assert any(n.startswith("not monotone: 1.4 ran ok again after 1.3") for n in outcome.notes)
+
+
+def test_a_known_end_spelled_otherwise_than_the_index_is_found():
+    """Lock mode hands over BAD's run under the lock's spelling (1.5.0 for the index's 1.5)."""
+    bad = dataclasses.replace(_trial("compile_error"), package="pkg", version="1.5.0")
+    measure = FakeMeasure({v: _trial("ok") for v in VERSIONS[:-1]})
+    outcome = depbisect.bisect_releases(_range(*VERSIONS), measure, STEP, known={"1.5": bad})
+    assert outcome.message == "first bad: pkg 1.5 (last good 1.4)"
+    assert "1.5" not in measure.measured
 
 
 def test_a_faster_release_is_an_improvement():

@@ -41,6 +41,15 @@ def test_freeze_moves_what_exists_to_the_permanent_generation_inside_only():
     assert gc.get_freeze_count() == 0
 
 
+def test_a_collector_the_caller_froze_stays_frozen():
+    kept = [[i] for i in range(1000)]
+    gc.freeze()
+    before = gc.get_freeze_count()
+    with host_gc.controlled("freeze"):
+        pass
+    assert gc.get_freeze_count() >= before >= len(kept)
+
+
 def test_default_touches_nothing():
     with host_gc.controlled("default"):
         assert gc.isenabled() and gc.get_freeze_count() == 0

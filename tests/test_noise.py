@@ -103,6 +103,16 @@ def test_priors_newest_wins_per_machine_and_protocol():
     assert noise.priors([other], MACHINE) == {}
 
 
+def test_a_record_without_a_version_is_the_default_series_noise_only():
+    """Records from before versions were kept were measured on the default model and collector:
+    they must not set thresholds for a series of another model or collector setting."""
+    versionless = _record(0.3)
+    default = f"sdpa|protocol-{PROTOCOL_VERSION}"
+    for other in (f"sdpa|gc-off|protocol-{PROTOCOL_VERSION}", "sdpa|model-x|protocol-2"):
+        assert noise.priors([versionless], MACHINE, {STAGE: other}) == {}
+    assert (STAGE, "speed") in noise.priors([versionless], MACHINE, {STAGE: default})
+
+
 def test_a_quiet_stage_shows_half_a_percent_that_the_default_floor_hides():
     prior = judge.Prior(sigma=math.log1p(0.0008), df=4, source="5 separate runs")
     before = noisy(1, 12, 240.0, 0.0008)

@@ -201,5 +201,25 @@ def test_only_site_folders_that_exist_count_as_the_overlays_own(tmp_path):
 
 
 def test_an_overlay_interpreter_without_a_site_folder_is_an_overlay_error(tmp_path):
-    with pytest.raises(overlay.OverlayError, match="no site-packages folder"):
+    with pytest.raises(overlay.OverlayError, match=r"names site folders .*absent; none exists"):
         overlay._own_site_dirs(_fake_interpreter(tmp_path, [str(tmp_path / "absent")]))
+
+
+@pytest.mark.parametrize(
+    ("filenames", "expected"),
+    [
+        (
+            ("{root}/abc/record.json.tmp", None),
+            "the overlay cache {root} ({root}/abc/record.json.tmp)",
+        ),
+        (("/elsewhere/constraints-1.txt", None), "/elsewhere/constraints-1.txt: No space"),
+        ((None, None), "building an overlay in {root}: No space"),
+    ],
+)
+def test_a_write_error_names_the_file_and_blames_the_cache_only_for_its_own(
+    tmp_path, filenames, expected
+):
+    root = tmp_path / "overlays"
+    names = [n.format(root=root) if n else None for n in filenames]
+    exc = OSError(28, "No space left on device", *names)
+    assert overlay._write_error(root, exc).startswith(expected.format(root=root))

@@ -305,9 +305,12 @@ def bisect_releases(
             f"{', '.join(found_it.between)}; {first.version} is the first measurable release "
             "with the change"
         )
-    first_trial = next(t for t in trials if t.version == str(first.version))
-    if change.by == "status" and first_trial.status not in (bad.status, GOOD_STATUS):
-        found_it.notes.append(_own_failure(found.first_new, bad, cands, run, first_trial))
+    if change.by == "status":
+        first_trial = run(found.first_new)  # measured already: the search placed it
+        if first_trial.status not in (bad.status, GOOD_STATUS):
+            found_it.notes.append(_own_failure(found.first_new, bad, cands, run, first_trial))
+        if unsteady := _not_monotone(trials, first.version, good):
+            found_it.notes.append(unsteady)
     elsewhere = [
         f"{r.version} ({r.reason})"
         for r in rng.skipped
@@ -316,6 +319,27 @@ def bisect_releases(
     if elsewhere:
         found_it.notes.append(f"not installable here, never tried: {', '.join(elsewhere)}")
     return found_it
+
+
+def _not_monotone(trials: list[Trial], first: Version, good: Trial) -> str | None:
+    """Releases after the first changed one that measured like GOOD again: the search assumed
+    a change that stays, so say where it did not."""
+    back = [t for t in trials if _version_of(t) > first and t.ok == good.ok]
+    if not back:
+        return None
+    like = "ran ok" if good.ok else f"failed ({good.status})"
+    names = ", ".join(t.version for t in sorted(back, key=_version_of))
+    return (
+        f"not monotone: {names} {like} again after {first}; the named release is where the "
+        "change first showed among those tried"
+    )
+
+
+def _version_of(trial: Trial) -> Version:
+    try:
+        return Version(trial.version)
+    except InvalidVersion:
+        return Version("0")
 
 
 def _own_failure(
@@ -345,7 +369,7 @@ def _own_failure(
 
 
 def _verdict_of(trials: list[Trial], version: str) -> str:
-    trial = next(t for t in trials if t.version == version)
+    trial = next(t for t in trials if _version_of(t) == Version(version))
     why = trial.reason if trial.status == INCOMPATIBLE else trial.note
     return f"{trial.verdict}: {why}" if why else trial.verdict
 

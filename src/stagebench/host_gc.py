@@ -12,7 +12,9 @@ a schedule), so the harness may too, as long as the Result says which mode it me
 - "off": one collection after the warm-up, then the collector is disabled until the measured
   steps end (cyclic garbage of a few dozen steps waits until then).
 
-Whatever the mode, the collector is as it was once the measured steps end.
+Whatever the mode, the collector is as it was once the measured steps end (one exception:
+"freeze" over a collector the caller had frozen already leaves everything frozen, since
+Python cannot unfreeze only part of the permanent generation).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def controlled(mode: str) -> Iterator[None]:
         yield
         return
     was_enabled = gc.isenabled()
+    was_frozen = gc.get_freeze_count() > 0
     gc.collect()
     if mode == "freeze":
         gc.freeze()
@@ -42,6 +45,7 @@ def controlled(mode: str) -> Iterator[None]:
         yield
     finally:
         if mode == "freeze":
-            gc.unfreeze()
+            if not was_frozen:
+                gc.unfreeze()
         elif was_enabled:
             gc.enable()

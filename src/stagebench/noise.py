@@ -86,8 +86,9 @@ class StageNoise:
     commit: str | None = None
     packages: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # statuses of the runs that were not ok
-    # The asv version of the class under the measured workload (spec, ranks, a shape that is
-    # not the device's default, protocol): the series it qualifies. "" in older records.
+    # The asv version of the class under the measured workload (spec, ranks, a model, shape or
+    # collector setting that is not the default, protocol): the series it qualifies. "" in older
+    # records, which were all measured on the default model and collector.
     version: str = ""
 
     def __post_init__(self) -> None:
@@ -261,6 +262,8 @@ def priors(
         now = (current or {}).get(record.asv_class)
         if record.version and now is not None and now != record.version:
             continue
+        if not record.version and now is not None and _not_the_default_series(now):
+            continue  # an older record was measured on the default model and collector only
         for name, noise in record.metrics.items():
             if noise.df < 1 or not math.isfinite(noise.sigma_pct) or noise.sigma_pct < 0:
                 continue  # a hand-edited or truncated record: no threshold from it
@@ -270,6 +273,12 @@ def priors(
                 source=f"{record.runs} separate runs of {record.date[:10] or 'an earlier day'}",
             )
     return found
+
+
+def _not_the_default_series(version: str) -> bool:
+    """A class version naming another model or collector setting than the default's (see
+    asv_suite.benchmark_version)."""
+    return "|model-" in version or "|gc-" in version
 
 
 def measure(

@@ -309,9 +309,13 @@ def _own_site_dirs(python: str) -> list[str]:
     if out.returncode:
         raise OverlayError(f"the new overlay's interpreter does not start: {out.stderr.strip()}")
     # Debian's site module also names dist-packages folders a venv never has: only real ones.
-    own = [d for d in json.loads(out.stdout) if Path(d).is_dir()]
+    named = json.loads(out.stdout)
+    own = [d for d in named if Path(d).is_dir()]
     if not own:
-        raise OverlayError(f"the new overlay's interpreter {python} has no site-packages folder")
+        raise OverlayError(
+            f"the new overlay's interpreter {python} names site folders {', '.join(named)}; "
+            "none exists"
+        )
     return own
 
 
@@ -461,12 +465,22 @@ def build(
     try:
         overlay = _build_locked(root, key, base, base_python, pinned, source, allow_sdist)
     except OSError as exc:  # the cache cannot be written (read-only, full): not the release's
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
-        raise OverlayError(f"the overlay cache {root}{where}: {exc.strerror or exc}") from None
+        raise OverlayError(_write_error(root, exc)) from None
     if check:
         check_imports(overlay)
     overlay.build_s = time.perf_counter() - t0
     return overlay
+
+
+def _write_error(root: Path, exc: OSError) -> str:
+    """Name the file that could not be written, and the cache only where it is the cache's."""
+    why = exc.strerror or str(exc)
+    names = [str(n) for n in (exc.filename, exc.filename2) if n]
+    if not names:
+        return f"building an overlay in {root}: {why}"
+    inside = all(Path(n).resolve().is_relative_to(Path(root).resolve()) for n in names)
+    where = " -> ".join(names)
+    return f"the overlay cache {root} ({where}): {why}" if inside else f"{where}: {why}"
 
 
 def _build_locked(
