@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import plant
@@ -548,3 +552,26 @@ def test_a_result_is_never_lost_to_the_table(tmp_path):
     result = Result(stage="s", spec="sdpa", status="ok", reason=None, model="tiny", workload={})
     outcome.trials.append(Trial("pkg", "1", "ok", result=result))
     assert "result" not in json.loads(depbisect.to_json(outcome))["trials"][0]
+
+
+def test_sigterm_while_an_overlay_is_built_is_a_cancel_with_its_line(tmp_path, plant_wheels):
+    """A cancelled CI job sends SIGTERM; between stages (building an overlay with pip) the
+    command ends as it does within one: exit 143 and one line, no traceback."""
+    cache = tmp_path / "overlays"
+    argv = ["bisect-release", plant.NAME, "1.0.0", "1.5.0", "--stage", "00_sdpa",
+            "--find-links", str(plant_wheels), "--overlay-dir", str(cache), *WORKLOAD]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stagebench.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("*.lock")):  # GOOD's overlay is being built
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "stagebench: cancelled by SIGTERM; no further release was measured" in err, err
+    assert "Traceback" not in err, err

@@ -615,7 +615,7 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
 def _bisect_release(args: argparse.Namespace, console: Console) -> int:
     _needs_asv("bisect-release")  # the judge's rule decides what counts as a change
     from stagebench import depbisect, overlay, releases
-    from stagebench.isolate import Cancelled
+    from stagebench.isolate import CANCEL_SIGNALS, Cancelled
     from stagebench.metrics import METRICS
 
     locks = (args.from_lock, args.to_lock)
@@ -660,6 +660,11 @@ def _bisect_release(args: argparse.Namespace, console: Console) -> int:
     def warn(line: str) -> None:
         print(f"stagebench: warning: {line}", file=sys.stderr)
 
+    def cancel(signum: int, _frame) -> None:  # between stages: building an overlay, pip
+        raise Cancelled(signum)
+
+    # Within a stage the isolated runner takes the signal over (and stores that stage).
+    previous = {sig: signal.signal(sig, cancel) for sig in CANCEL_SIGNALS}
     try:
         if all(locks):
             outcome = depbisect.bisect_lock(
@@ -697,6 +702,9 @@ def _bisect_release(args: argparse.Namespace, console: Console) -> int:
     except Cancelled as exc:
         print(f"stagebench: {exc}; no further release was measured", file=sys.stderr)
         return exc.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if args.format == "json":
         print(depbisect.to_json(outcome))
     elif args.format in ("md", "markdown"):
