@@ -213,13 +213,22 @@ def benchmark_version(stage: stages.Stage, workload: Workload, nproc: int | None
     another series, never joined (and never judged with the other's noise)."""
     history = f"{stage.spec}|nproc-{nproc}" if nproc else stage.spec
     if workload.model != models.default_preset(workload.device):
-        history += f"|model-{workload.model}"  # another model is another series, never joined
+        history += f"{MODEL_MARK}{workload.model}"  # another model is another series
     default = defaults_for(workload.device)
     if (workload.batch_size, workload.seq_len) != (default["batch_size"], default["seq_len"]):
         history += f"|{shape_name(workload)}"  # another shape is another series, never joined
     if workload.host_gc != "default":  # so is another collector setting
-        history += f"|gc-{workload.host_gc}"
+        history += f"{GC_MARK}{workload.host_gc}"
     return f"{history}|protocol-{PROTOCOL_VERSION}"
+
+
+# What benchmark_version adds for a model or collector setting other than the default.
+MODEL_MARK, GC_MARK = "|model-", "|gc-"
+
+
+def is_default_series(version: str) -> bool:
+    """A class version measured on the device's default model and the default collector."""
+    return MODEL_MARK not in version and GC_MARK not in version
 
 
 def version_of(result: results.Result) -> str:

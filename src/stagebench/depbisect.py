@@ -43,7 +43,6 @@ from stagebench.results import Result, StoreError
 from stagebench.workload import Workload
 
 GOOD, BAD, INCOMPATIBLE, SKIPPED = "good", "bad", "incompatible", "skipped"
-GOOD_STATUS = "ok"
 REGRESSION, IMPROVEMENT = "regression", "improvement"
 EXIT_CULPRIT, EXIT_CANNOT_JUDGE = 0, 3
 REASON_CHARS = 90
@@ -307,7 +306,7 @@ def bisect_releases(
         )
     if change.by == "status":
         first_trial = run(found.first_new)  # measured already: the search placed it
-        if first_trial.status not in (bad.status, GOOD_STATUS):
+        if not first_trial.ok and first_trial.status != bad.status:
             found_it.notes.append(_own_failure(found.first_new, bad, cands, run, first_trial))
         if unsteady := _not_monotone(trials, first.version, good):
             found_it.notes.append(unsteady)
@@ -677,10 +676,7 @@ def _status(trial: Trial) -> str:
 def _sort_key(trial: Trial) -> tuple:
     if trial.version == "base":
         return ("", Version("0"))
-    try:
-        return (trial.package, Version(trial.version))
-    except InvalidVersion:
-        return (trial.package, Version("0"))
+    return (trial.package, _version_of(trial))
 
 
 def rows(outcome: Outcome) -> list[list[str]]:

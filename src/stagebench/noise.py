@@ -255,6 +255,8 @@ def priors(
     version} of the history judged (see versions()); a record measured for another version of
     its class (another shape: `noise --workload b2x1024` beside a b1x2048 history) is not that
     series' noise and is left out."""
+    from stagebench.asv_suite import is_default_series
+
     found: dict[tuple[str, str], judge.Prior] = {}
     for record in records:  # oldest first: a newer measurement replaces an older one
         if record.machine != machine or record.protocol != PROTOCOL_VERSION:
@@ -262,7 +264,7 @@ def priors(
         now = (current or {}).get(record.asv_class)
         if record.version and now is not None and now != record.version:
             continue
-        if not record.version and now is not None and _not_the_default_series(now):
+        if not record.version and now is not None and not is_default_series(now):
             continue  # an older record was measured on the default model and collector only
         for name, noise in record.metrics.items():
             if noise.df < 1 or not math.isfinite(noise.sigma_pct) or noise.sigma_pct < 0:
@@ -273,12 +275,6 @@ def priors(
                 source=f"{record.runs} separate runs of {record.date[:10] or 'an earlier day'}",
             )
     return found
-
-
-def _not_the_default_series(version: str) -> bool:
-    """A class version naming another model or collector setting than the default's (see
-    asv_suite.benchmark_version)."""
-    return "|model-" in version or "|gc-" in version
 
 
 def measure(
