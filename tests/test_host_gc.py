@@ -1,5 +1,6 @@
 """The collector during the measured steps: each mode inside, the collector restored after."""
 
+import dataclasses
 import gc
 
 import pytest
@@ -67,7 +68,7 @@ def test_an_unknown_mode_is_refused():
         pass
 
 
-def test_only_the_measured_steps_run_with_the_collector_off(monkeypatch):
+def test_only_the_measured_steps_run_with_the_collector_off(monkeypatch, tiny_workload):
     """FAKE step (records the collector's state, trains nothing): step 0 and the warm-up run with
     the collector as Python runs it, the measured steps without it."""
     seen: list[bool] = []
@@ -77,14 +78,8 @@ def test_only_the_measured_steps_run_with_the_collector_off(monkeypatch):
         return torch.tensor(1.0), torch.tensor(1.0)
 
     monkeypatch.setattr(runner, "_train_step", fake_step)
-    workload = Workload(
-        model="tiny",
-        device="cpu",
-        host_gc="off",
-        warmup_steps=2,
-        min_steps=3,
-        max_steps=3,
-        profile_steps=0,
+    workload = dataclasses.replace(
+        tiny_workload, host_gc="off", warmup_steps=2, min_steps=3, max_steps=3, profile_steps=0
     )
     runner._timed_loop(None, None, [None] * 8, workload, torch.device("cpu"), None)
     assert seen == [True, True, False, False, False]
