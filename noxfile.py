@@ -7,11 +7,13 @@ the current interpreter and install nothing, so torch and friends are never fetc
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 
 import nox
 
@@ -194,19 +196,43 @@ def bench(session: nox.Session) -> None:
     session.log(f"history: .asv/results ({machine}); site: .asv/html (nox -s publish -- --serve)")
 
 
+@contextlib.contextmanager
+def _worktree(session: nox.Session, commit: str) -> Iterator[str]:
+    """A detached checkout of `commit` under .asv/worktrees/, removed afterwards."""
+    checkout = os.path.abspath(f".asv/worktrees/{commit}")
+    _git(session, "worktree", "add", "--detach", "--force", checkout, commit)
+    try:
+        yield checkout
+    finally:
+        _git(session, "worktree", "remove", "--force", checkout)
+
+
 @nox.session(venv_backend=BACKEND)
 def remeasure(session: nox.Session) -> None:
-    """`nox -s remeasure -- DIR REGEX`: asv on this commit again, for the benchmarks matching
-    REGEX, into results directory DIR (never the history): the nightly confirms a suspected
-    regression with it before alarming."""
-    if len(session.posargs) != 2:
-        session.error("usage: nox -s remeasure -- RESULTS_DIR BENCHMARK_REGEX")
-    results, pattern = session.posargs
+    """`nox -s remeasure -- DIR REGEX [COMMIT]`: asv again for the benchmarks matching REGEX,
+    on this commit or on COMMIT from its own checkout, into results directory DIR (never the
+    history): the nightly re-measures a suspected regression's first bad and last good commits
+    side by side, under the same load, before alarming."""
+    if len(session.posargs) not in (2, 3):
+        session.error("usage: nox -s remeasure -- RESULTS_DIR BENCHMARK_REGEX [COMMIT]")
+    results, pattern, *other = session.posargs
+    results = os.path.abspath(results)
+    head = _git(session, "rev-parse", "HEAD")
+    commit = head
+    if other:
+        try:
+            commit = _git(session, "rev-parse", "--verify", "--quiet", f"{other[0]}^{{commit}}")
+        except Exception:
+            session.error(f"COMMIT {other[0]!r} is not a commit of this repository")
     _install(session, "dev", "gpu")
     machine = _asv_machine(session)
-    conf = _derived_conf("remeasure", os.path.abspath(results))
-    head = _git(session, "rev-parse", "HEAD")
-    _asv_run_commit(session, machine, head, ".", "--bench", pattern, conf=conf)
+    conf = _derived_conf("remeasure", results)
+    if commit == head:
+        _asv_run_commit(session, machine, head, ".", "--bench", pattern, conf=conf)
+        return
+    with _worktree(session, commit) as checkout, session.chdir(checkout):
+        conf = _derived_conf("remeasure", results)
+        _asv_run_commit(session, machine, commit, checkout, "--bench", pattern, conf=conf)
 
 
 @nox.session(venv_backend=BACKEND)
@@ -234,15 +260,10 @@ def backfill(session: nox.Session) -> None:
         except Exception:
             session.log(f"skipped {commit[:12]}: it has no benchmarks/ suite")
             continue
-        checkout = os.path.abspath(f".asv/backfill/{commit}")
-        _git(session, "worktree", "add", "--detach", "--force", checkout, commit)
-        try:
-            with session.chdir(checkout):
-                conf = _derived_conf("backfill", results)
-                env = {"STAGEBENCH_STORE": store}
-                _asv_run_commit(session, machine, commit, checkout, *extra, conf=conf, env=env)
-        finally:
-            _git(session, "worktree", "remove", "--force", checkout)
+        with _worktree(session, commit) as checkout, session.chdir(checkout):
+            conf = _derived_conf("backfill", results)
+            env = {"STAGEBENCH_STORE": store}
+            _asv_run_commit(session, machine, commit, checkout, *extra, conf=conf, env=env)
     session.log(f"measured {len(commits)} commit(s) into {results} ({machine})")
 
 

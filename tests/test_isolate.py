@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import stagebench
 from stagebench import isolate, results, stages
 from stagebench.isolate import classify, run_isolated
 from stagebench.matrix import run_matrix
@@ -303,6 +304,32 @@ def test_the_parent_puts_the_cache_in_the_childs_environment(
     environ = isolate._child_env(workload)
     assert environ["TORCHINDUCTOR_CACHE_DIR"] == expected
     assert environ[isolate.PARENT_PID_ENV] == str(os.getpid())
+
+
+def test_the_child_imports_the_stagebench_its_parent_runs(tmp_path, monkeypatch):
+    """asv measures a commit from its own checkout but passes the caller's PYTHONPATH on (the
+    container's points at HEAD's src/): the child must still import the parent's stagebench."""
+    other = tmp_path / "head" / "src" / "stagebench"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise ImportError('the stagebench of HEAD, not ours')\n")
+    monkeypatch.setenv("PYTHONPATH", str(other.parent))
+    environ = isolate._child_env(Workload(model="tiny", device="cpu"))
+    where = subprocess.run(
+        [sys.executable, "-c", "import stagebench; print(stagebench.__file__)"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(where).resolve() == Path(stagebench.__file__).resolve()
+    assert str(other.parent) in environ["PYTHONPATH"].split(os.pathsep)  # kept, behind ours
+
+
+def test_an_installed_stagebench_adds_no_site_packages_to_the_path(monkeypatch):
+    monkeypatch.setattr(stagebench, "__file__", "/venv/lib/python3.11/site-packages/stagebench/x")
+    assert isolate.source_root() is None
+    monkeypatch.setattr(stagebench, "__file__", "/work/checkout/src/stagebench/__init__.py")
+    assert isolate.source_root() == "/work/checkout/src"
 
 
 def test_the_child_can_be_another_interpreter(tmp_path):

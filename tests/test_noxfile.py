@@ -59,6 +59,15 @@ def test_backfill_refuses_a_range_git_does_not_know(repo):
     assert done.returncode != 0 and "not a commit range" in done.stderr, done.stderr[-2000:]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["dir"], "usage: nox -s remeasure"), (["dir", "x", "no-such-ref"], "is not a commit")],
+)
+def test_remeasure_refuses_what_it_cannot_measure(repo, args, message):
+    done = nox(repo, "remeasure", "--", *args)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+
+
 def test_bench_names_a_bad_variable_before_asv_runs(repo):
     path, env = repo
     done = subprocess.run(

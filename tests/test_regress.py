@@ -103,6 +103,33 @@ def test_recompiling_every_run_after_a_cold_first_night(tmp_path):
     )
 
 
+def test_a_rerun_is_judged_against_the_good_commit_measured_the_same_night(tmp_path):
+    steps = noisy(1, 12, 300.0, 0.005, step_at=11, step=0.20)
+    write_history(tmp_path, speed_family(steps))
+    found = only(regress.check(tmp_path))
+    # Without the good commit re-measured, a re-run 20% slower confirms.
+    assert regress.confirm(found, 360.0).confirmed
+    # The whole night 20% slower (the good commit too): noise, not alarmed.
+    slow_night = regress.confirm(found, 360.0, good_tonight=358.0)
+    assert slow_night.confirmed is False and "re-measured at 358" in slow_night.confirmation
+    # A real 20% change still stands against its good commit on a night 20% slower overall.
+    assert regress.confirm(found, 432.0, good_tonight=360.0).confirmed
+    # A fast night cannot hide it either.
+    assert regress.confirm(found, 300.0, good_tonight=250.0).confirmed
+
+
+def test_a_failure_is_confirmed_by_the_bad_commit_alone(tmp_path):
+    write_history(tmp_path, {OK: [1.0, 1.0, 1.0, 0.0]})
+    found = only(regress.check(tmp_path))
+    assert regress.confirm(found, 0.0, good_tonight=1.0).confirmed
+    assert regress.confirm(found, 1.0, good_tonight=1.0).confirmed is False
+
+
+def test_the_baseline_moves_by_ratio_or_by_difference():
+    assert regress._moved_to([1.0, 2.0, 3.0], 4.0) == [2.0, 4.0, 6.0]
+    assert regress._moved_to([0.0, 1.0, 2.0], 3.0) == [2.0, 3.0, 4.0]
+
+
 def test_finds_ok_to_failed_and_names_the_commit(tmp_path):
     ok = [1.0] * 22 + [0.0] * 8
     mfu = noisy(4, 30, 40.0, 0.005)[:22] + [math.nan] * 8

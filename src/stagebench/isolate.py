@@ -41,6 +41,7 @@ from pathlib import Path
 
 # No torch at import: a stage's child (and torchrun's launcher) asks to die with its parent
 # before the seconds torch takes to import.
+import stagebench
 from stagebench import env, stages
 from stagebench.results import Metrics, Result
 from stagebench.workload import Workload
@@ -319,7 +320,21 @@ def _child_env(workload: Workload) -> dict[str, str]:
     # own temporary default the first time anything asks, and stagebench's choice came too late.
     environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir_for(workload.compile_cache, environ)
     environ[PARENT_PID_ENV] = str(os.getpid())
+    # The child measures the stagebench this process runs. asv puts a commit's checkout first on
+    # its own sys.path but passes the caller's PYTHONPATH on (the container sets it to HEAD's
+    # src/): without this, a backfilled or re-measured commit would run HEAD's stages.
+    source = source_root()
+    if source is not None:
+        rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != source]
+        environ["PYTHONPATH"] = os.pathsep.join([source, *rest])
     return environ
+
+
+def source_root() -> str | None:
+    """The directory this stagebench is imported from when it is a source tree (`src/`); None
+    for an installed copy, whose site-packages must not jump ahead of an overlay's own."""
+    root = Path(stagebench.__file__).resolve().parents[1]
+    return None if root.name in ("site-packages", "dist-packages") else str(root)
 
 
 def kill_workers(tmp: Path) -> None:

@@ -318,6 +318,9 @@ class Cancelled(Exception):
         self.signum = signum
 
 
+NOX_REMEASURE = [sys.executable, "-m", "nox", "-s", "remeasure", "--"]
+
+
 def _step(command: list[str], env: dict) -> int:
     """Run one step (nox and the asv and stage processes under it) in a session of its own; a
     SIGTERM or SIGINT to the nightly (a cancelled job) stops that whole session before the
@@ -349,24 +352,44 @@ def _step(command: list[str], env: dict) -> int:
     return code
 
 
-def _remeasure(report, results_dir: Path, out: Path, env: dict) -> None:
-    """Re-run the stages of new regressions once and confirm or refute each finding."""
+def _remeasure(report, head: str, out: Path, env: dict) -> None:
+    """Re-run the stages of new regressions and confirm or refute each finding: this commit
+    (`head`) again, and for a measured metric its last good commit too, one after the other under
+    tonight's load, so a machine slower all night is not mistaken for a regression. The re-runs
+    read a copy of the history's Results (the reference) and write only into `out`."""
     from stagebench import history, regress
 
-    classes = sorted({regress.stage_class_of(f.benchmark) for f in report.new})
-    pattern = "|".join(f"^{re.escape(c)}\\." for c in classes)
     shutil.rmtree(out, ignore_errors=True)
-    _step([sys.executable, "-m", "nox", "-s", "remeasure", "--", str(out.resolve()), pattern], env)
-    values: dict[str, float | None] = {}
+    out.mkdir(parents=True)
+    store = Path(env["STAGEBENCH_STORE"])
+    copy = out / store.name
+    if store.is_file():
+        shutil.copyfile(store, copy)
+    env = {**env, "STAGEBENCH_STORE": str(copy.resolve())}
+
+    def pattern(findings) -> str:
+        classes = sorted({regress.stage_class_of(f.benchmark) for f in findings})
+        return "|".join(f"^{re.escape(c)}\\." for c in classes)
+
+    measured = [f for f in report.new if f.metric != regress.OK_METRIC and f.good]
+    for good in sorted({f.good for f in measured}):
+        ours = [f for f in measured if f.good == good]
+        _step([*NOX_REMEASURE, str(out.resolve()), pattern(ours), good], env)
+    _step([*NOX_REMEASURE, str(out.resolve()), pattern(report.new)], env)
+    values: dict[tuple[str, str], float | None] = {}  # (commit, benchmark) -> value
     try:
         again = history.load(out, machine=env["STAGEBENCH_ASV_MACHINE"])
         for series in again.series.values():
             for name, points in series.items():
-                values[name] = points[-1].value if points else None
+                for point in points:
+                    values[(point.commit, name)] = point.value
     except history.CannotJudge:
         pass  # nothing re-measured: the findings stand unrefuted
     report.regressions = [
-        regress.confirm(f, values.get(f.benchmark)) if f.new else f for f in report.regressions
+        regress.confirm(f, values.get((head, f.benchmark)), values.get((f.good, f.benchmark)))
+        if f.new
+        else f
+        for f in report.regressions
     ]
 
 
@@ -559,7 +582,7 @@ def run(results: Path, report: Path, asv_args: list[str]) -> int:
         verdict = "short-history" if short else "cannot-judge"
         return _finish(report, verdict, [*header, f"**{why}**", "", *canary], CANNOT_JUDGE)
     if judged.new:  # one run under a burst of load must not alarm: measure it again
-        _remeasure(judged, results, report / "remeasured", env)
+        _remeasure(judged, commit, report / "remeasured", env)
     _write(report, "regressions.json", regress.to_json(judged))
     summary = [*header, regress.to_markdown(judged), "", *canary]
     if judged.alarms or any(line.endswith("**new**") for line in canary):

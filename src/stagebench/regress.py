@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -256,10 +257,14 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
     )
 
 
-def confirm(finding: Finding, value: float | None) -> Finding:
-    """Judge a re-measurement of the finding's benchmark at its first bad commit against the
-    same baseline: one burst of load on one run must not raise an alarm, a real change shows
-    again."""
+def confirm(finding: Finding, value: float | None, good_tonight: float | None = None) -> Finding:
+    """Judge a re-measurement of the finding's benchmark at the first bad side against the same
+    baseline: one burst of load on one run must not raise an alarm, a real change shows again.
+
+    `good_tonight`: the last good commit re-measured the same night. The baseline is then moved
+    to tonight's level of the good commit (its shape, the noise, kept): a machine slower all
+    night moves both commits alike and is not taken for a regression; a real change still
+    stands out against its own good commit."""
     if finding.metric == OK_METRIC:
         if value is None or value < 0.5:
             return replace(finding, confirmed=True, confirmation="failed again on a re-run")
@@ -267,19 +272,32 @@ def confirm(finding: Finding, value: float | None) -> Finding:
     if value is None:
         note = "the re-run gave no value: not refuted"
         return replace(finding, confirmed=True, confirmation=note)
+    baseline, against = list(finding.baseline), ""
+    if good_tonight is not None and baseline:
+        baseline = _moved_to(baseline, good_tonight)
+        against = f" against {finding.good[:12]} re-measured at {good_tonight:.4g}"
     again = judge.compare_levels(
-        list(finding.baseline),
+        baseline,
         [value],
         worse_sign(finding.metric),
         allow_noise_after=False,
         prior=finding.prior,
     )
-    change = "" if again.change_pct is None else f" ({again.change_pct:+.1f}%)"
+    change = "" if again.change_pct is None else f" ({again.change_pct:+.1f}%{against})"
     if again.verdict == judge.REGRESSED:
         note = f"a re-run measured {value:.4g}{change} again"
         return replace(finding, confirmed=True, confirmation=note)
     note = f"a re-run measured {value:.4g}{change}, within the noise: not alarmed"
     return replace(finding, confirmed=False, confirmation=note)
+
+
+def _moved_to(baseline: list[float], level: float) -> list[float]:
+    """The baseline's values with their median moved to `level`: by a ratio where all are
+    positive (the judge's log scale), by a difference otherwise."""
+    median = statistics.median(baseline)
+    if median > 0 and level > 0 and min(baseline) > 0:
+        return [v * level / median for v in baseline]
+    return [v + level - median for v in baseline]
 
 
 def _plural(n: int, word: str) -> str:
