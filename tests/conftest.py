@@ -11,6 +11,12 @@ from stagebench.workload import Workload
 
 TESTS = Path(__file__).parent
 
+# One OpenMP thread for every tiny model the tests train, in this process and every child: on a
+# 2-core machine with another busy process, torch's two threads wait on each other at every
+# barrier and a step runs ten times slower. Nothing here measures thread scaling. Set before
+# anything imports torch; an explicit setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def tiny() -> Workload:
     """A `tiny` workload small enough for a 2-core CPU (the real seed shapes are for GPUs)."""

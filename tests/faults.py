@@ -12,12 +12,19 @@ import subprocess
 import sys
 import time
 
-import torch
+# torch and the runner are imported by the faults that need them: a hang is reached within a
+# second of the child starting, so the hang tests can wait seconds instead of half a minute.
 
-from stagebench.runner import run_stage
+
+def run_stage(stage, workload):
+    from stagebench.runner import run_stage as real
+
+    return real(stage, workload)
 
 
 def fake_oom(stage, workload):
+    import torch
+
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (fake)")
 
 
@@ -55,6 +62,7 @@ def fake_compile_error(stage, workload):
 
 
 def fake_oom_in_autotune(stage, workload):
+    import torch
     from torch._inductor.exc import InductorError
 
     try:
@@ -106,6 +114,8 @@ def _record_pid(kind: str, pid: int) -> None:
 
 
 def rank1_oom(stage, workload):
+    import torch
+
     _record_pid("worker", os.getpid())
     if _rank() == 1:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB (fake)")
@@ -131,6 +141,8 @@ def rank1_abort(stage, workload):
 def rank1_oom_mid_training(stage, workload):
     """Rank 1 runs out of memory at its third step, when both ranks are deep in FSDP2's
     collectives: rank 0's next collective breaks, and the Result must still name rank 1."""
+    import torch
+
     import stagebench.runner as runner
 
     _record_pid("worker", os.getpid())

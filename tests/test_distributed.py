@@ -82,9 +82,9 @@ def test_a_hung_rank_times_out_and_leaves_no_process(
     tiny_workload, child_can_import_faults, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("STAGEBENCH_TEST_PIDFILE", str(tmp_path / "pid"))
-    result = run_isolated(SDPA, _ranks(tiny_workload, 2, timeout_s=25.0), entry="faults:rank1_hang")
+    result = run_isolated(SDPA, _ranks(tiny_workload, 2, timeout_s=20.0), entry="faults:rank1_hang")
     assert result.status == "timeout", (result.reason, result.log_tail)
-    assert result.reason == "no result after 25 s (2 processes)"
+    assert result.reason == "no result after 20 s (2 processes)"
     names = {p.name for p in _assert_all_gone(tmp_path)}
     assert {"pid.worker.rank0", "pid.grandchild.rank1"} <= names  # rank 0 waited in FSDP2
 

@@ -91,9 +91,9 @@ def test_a_hung_stage_times_out_and_leaves_no_orphan(
     and reach the fault (which records its worker), short enough to wait for."""
     pid_file = tmp_path / "worker.pid"
     monkeypatch.setenv("STAGEBENCH_TEST_PIDFILE", str(pid_file))
-    workload = type(tiny_workload)(**{**tiny_workload.to_dict(), "timeout_s": 30.0})
+    workload = type(tiny_workload)(**{**tiny_workload.to_dict(), "timeout_s": 15.0})
     result = run_isolated(stages.resolve("eager+compile"), workload, entry="faults:dispatch")
-    assert result.status == "timeout" and "30 s" in result.reason, result.log_tail
+    assert result.status == "timeout" and "15 s" in result.reason, result.log_tail
     # The grandchild of the hung stage died with it.
     worker = int(pid_file.read_text())
     deadline = time.time() + 5
