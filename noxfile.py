@@ -200,6 +200,8 @@ def bench(session: nox.Session) -> None:
 def _worktree(session: nox.Session, commit: str) -> Iterator[str]:
     """A detached checkout of `commit` under .asv/worktrees/, removed afterwards."""
     checkout = os.path.abspath(f".asv/worktrees/{commit}")
+    shutil.rmtree(checkout, ignore_errors=True)  # left by a run killed outright
+    _git(session, "worktree", "prune")
     _git(session, "worktree", "add", "--detach", "--force", checkout, commit)
     try:
         yield checkout
