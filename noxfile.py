@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import os
 import re
 import shutil
+import subprocess
+import tarfile
 from collections.abc import Iterator
 
 import nox
@@ -132,14 +135,18 @@ def _git(session: nox.Session, *args: str) -> str:
     return session.run("git", *args, silent=True, external=True).strip()
 
 
-def _derived_conf(purpose: str, results: str) -> str:
-    """asv.conf.json with another results directory, written in the current directory: asv
-    changes into its config's folder and imports the project's plugin from there."""
+def _derived_conf(purpose: str, results: str, files: str | None = None) -> str:
+    """asv.conf.json with another results directory (and the benchmarks of another commit's
+    `files`), written in the current directory: asv changes into its config's folder and
+    imports the project's plugin from there."""
     os.makedirs(results, exist_ok=True)
     conf = f".asv-{purpose}.conf.json"
     html = os.path.join(os.path.dirname(results), "html")
+    derived = {**ASV_CONF, "results_dir": results, "html_dir": html}
+    if files:
+        derived["benchmark_dir"] = os.path.join(files, ASV_CONF["benchmark_dir"])
     with open(conf, "w") as f:
-        json.dump({**ASV_CONF, "results_dir": results, "html_dir": html}, f)
+        json.dump(derived, f)
     return conf
 
 
@@ -175,7 +182,14 @@ def _asv_run_commit(
         "--show-stderr",
         *asv_args,
         success_codes=[0, 2],
-        env={**(env or {}), "ASV_PYTHONPATH": pythonpath, "STAGEBENCH_COMMIT": commit},
+        # asv hands the caller's PYTHONPATH on to what a benchmark starts (the stage's child):
+        # it must name the measured commit's src/ first too, or an older commit runs HEAD's code.
+        env={
+            **(env or {}),
+            "ASV_PYTHONPATH": pythonpath,
+            "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")])),
+            "STAGEBENCH_COMMIT": commit,
+        },
     )
 
 
@@ -197,16 +211,19 @@ def bench(session: nox.Session) -> None:
 
 
 @contextlib.contextmanager
-def _worktree(session: nox.Session, commit: str) -> Iterator[str]:
-    """A detached checkout of `commit` under .asv/worktrees/, removed afterwards."""
-    checkout = os.path.abspath(f".asv/worktrees/{commit}")
-    shutil.rmtree(checkout, ignore_errors=True)  # left by a run killed outright
-    _git(session, "worktree", "prune")
-    _git(session, "worktree", "add", "--detach", "--force", checkout, commit)
+def _export(commit: str) -> Iterator[str]:
+    """The files of `commit` (`git archive`) under .asv/exports/, removed afterwards. Not a git
+    worktree: the container mounts `.git` read-only, and a worktree writes into it."""
+    where = os.path.abspath(f".asv/exports/{commit}")
+    shutil.rmtree(where, ignore_errors=True)  # left by a run killed outright
+    os.makedirs(where)
+    archive = subprocess.run(["git", "archive", commit], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(where, filter="data")
     try:
-        yield checkout
+        yield where
     finally:
-        _git(session, "worktree", "remove", "--force", checkout)
+        shutil.rmtree(where, ignore_errors=True)
 
 
 @nox.session(venv_backend=BACKEND)
@@ -228,13 +245,13 @@ def remeasure(session: nox.Session) -> None:
             session.error(f"COMMIT {other[0]!r} is not a commit of this repository")
     _install(session, "dev", "gpu")
     machine = _asv_machine(session)
-    conf = _derived_conf("remeasure", results)
     if commit == head:
+        conf = _derived_conf("remeasure", results)
         _asv_run_commit(session, machine, head, ".", "--bench", pattern, conf=conf)
         return
-    with _worktree(session, commit) as checkout, session.chdir(checkout):
-        conf = _derived_conf("remeasure", results)
-        _asv_run_commit(session, machine, commit, checkout, "--bench", pattern, conf=conf)
+    with _export(commit) as files:
+        conf = _derived_conf("remeasure", results, files)
+        _asv_run_commit(session, machine, commit, files, "--bench", pattern, conf=conf)
 
 
 @nox.session(venv_backend=BACKEND)
@@ -262,10 +279,10 @@ def backfill(session: nox.Session) -> None:
         except Exception:
             session.log(f"skipped {commit[:12]}: it has no benchmarks/ suite")
             continue
-        with _worktree(session, commit) as checkout, session.chdir(checkout):
-            conf = _derived_conf("backfill", results)
+        with _export(commit) as files:
+            conf = _derived_conf("backfill", results, files)
             env = {"STAGEBENCH_STORE": store}
-            _asv_run_commit(session, machine, commit, checkout, *extra, conf=conf, env=env)
+            _asv_run_commit(session, machine, commit, files, *extra, conf=conf, env=env)
     session.log(f"measured {len(commits)} commit(s) into {results} ({machine})")
 
 

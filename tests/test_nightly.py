@@ -337,3 +337,37 @@ def test_every_night_is_stored_and_published(nights):
     assert len(log.splitlines()) == NIGHTS
     for night in nights["nights"]:
         assert (night.checkout / ".asv" / "html" / "index.html").is_file()
+
+
+# -- the stack behind two commits' Results (no nights needed) ------------------------------
+
+
+def _stored(path: Path, commit: str, **facts) -> None:
+    from stagebench import results
+    from stagebench.results import Result
+    from stagebench.workload import Workload
+
+    packages = {"torch": "2.9.1", "liger-kernel": "0.8.5", "stagebench": commit[:4]}
+    env = {"commit": commit, "python": "3.12.3", "cuda_runtime": "12.8", "cudnn": 91002}
+    env = {**env, "packages": {**packages, **facts.pop("packages", {})}, **facts}
+    workload = Workload(model="tiny", device="cpu").to_dict()
+    result = Result(stage="00_sdpa", spec="sdpa", status="unavailable", reason="a stored run",
+                    model="tiny", workload=workload, env=env)  # fmt: skip
+    results.append(path, result)
+
+
+def test_the_stack_between_two_commits_is_read_from_their_locked_results(tmp_path):
+    from stagebench.nightly import _stack_between
+
+    store = tmp_path / "results.jsonl"
+    _stored(store, "a" * 40)
+    _stored(store, "a" * 40, packages={"torch": "2.10.0"})  # its canary lane, measured after
+    _stored(store, "b" * 40)  # only stagebench itself moved: the code
+    _stored(store, "c" * 40, packages={"liger-kernel": "0.8.6"}, cuda_runtime="12.9")
+    assert _stack_between("a" * 40, "b" * 40, "Stage_00_sdpa", store) == []
+    assert _stack_between("a" * 40, "c" * 40, "Stage_00_sdpa", store) == [
+        "cuda_runtime 12.8 -> 12.9",
+        "liger-kernel 0.8.5 -> 0.8.6",
+    ]
+    assert _stack_between("a" * 40, "d" * 40, "Stage_00_sdpa", store) == []  # never stored
+    assert _stack_between("a" * 40, "c" * 40, "Stage_sdpa_compile_default", store) == []

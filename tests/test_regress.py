@@ -111,11 +111,32 @@ def test_a_rerun_is_judged_against_the_good_commit_measured_the_same_night(tmp_p
     assert regress.confirm(found, 360.0).confirmed
     # The whole night 20% slower (the good commit too): noise, not alarmed.
     slow_night = regress.confirm(found, 360.0, good_tonight=358.0)
-    assert slow_night.confirmed is False and "re-measured at 358" in slow_night.confirmation
+    assert slow_night.confirmed is False and "against" in slow_night.confirmation
+    assert regress.drifted(found, 358.0) and not regress.drifted(found, 300.5)
     # A real 20% change still stands against its good commit on a night 20% slower overall.
     assert regress.confirm(found, 432.0, good_tonight=360.0).confirmed
     # A fast night cannot hide it either.
     assert regress.confirm(found, 300.0, good_tonight=250.0).confirmed
+    # A good commit that measures as usual: the re-run is judged against the history.
+    usual = regress.confirm(found, 360.0, good_tonight=300.5)
+    assert usual.confirmed and "as usual" in usual.confirmation
+
+
+def test_a_real_change_is_not_refuted_by_a_higher_is_better_metric_moving_the_wrong_way(tmp_path):
+    mfu = noisy(2, 12, 40.0, 0.005, step_at=11, step=-0.10)
+    write_history(tmp_path, {MFU: mfu})
+    found = only(regress.check(tmp_path))
+    assert found.direction == "drop"
+    assert regress.confirm(found, 36.0, good_tonight=30.0).confirmed is False  # a slow night
+    assert regress.confirm(found, 27.0, good_tonight=30.0).confirmed  # and 10% below it
+    assert regress.confirm(found, 36.0, good_tonight=44.0).confirmed  # a fast one
+
+
+def test_the_better_of_two_runs_is_the_one_load_touched_least():
+    assert regress.better("step_time_ms", 310.0, 300.0) == 300.0
+    assert regress.better("mfu", 30.0, 31.0) == 31.0
+    assert regress.better("mfu", None, 31.0) == 31.0
+    assert regress.better("step_time_ms", 310.0, None) == 310.0
 
 
 def test_a_failure_is_confirmed_by_the_bad_commit_alone(tmp_path):
@@ -125,9 +146,11 @@ def test_a_failure_is_confirmed_by_the_bad_commit_alone(tmp_path):
     assert regress.confirm(found, 1.0, good_tonight=1.0).confirmed is False
 
 
-def test_the_baseline_moves_by_ratio_or_by_difference():
-    assert regress._moved_to([1.0, 2.0, 3.0], 4.0) == [2.0, 4.0, 6.0]
-    assert regress._moved_to([0.0, 1.0, 2.0], 3.0) == [2.0, 3.0, 4.0]
+def test_a_count_that_left_zero_is_judged_against_the_history_whatever_the_good_run(tmp_path):
+    write_history(tmp_path, {"stages.Stage_x.track_graph_breaks": [0.0, 0.0, 0.0, 0.0, 3.0]})
+    found = only(regress.check(tmp_path))
+    assert regress.confirm(found, 3.0, good_tonight=0.0).confirmed
+    assert regress.confirm(found, 0.0, good_tonight=0.0).confirmed is False
 
 
 def test_finds_ok_to_failed_and_names_the_commit(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -236,24 +237,37 @@ def _store_path() -> Path:
     return Path(explicit) if explicit else Path(".asv/results/stagebench-results.jsonl")
 
 
-def _packages_between(good: str, bad: str, stage_class: str) -> list[str]:
-    """Package versions that differ between the Results of the last good and first bad commit
-    (the store keeps each Result's environment): a release can be the culprit, not the code."""
+STACK_FACTS = ("python", "cuda_runtime", "cudnn")  # beside the packages, what a Result's env names
+
+
+def _stack_between(good: str, bad: str, stage_class: str, store: Path | None = None) -> list[str]:
+    """What differs in the software stack (package versions, Python, CUDA runtime, cuDNN)
+    between the stored Results of two commits' runs of a stage (the store keeps each Result's
+    environment): a release can be the culprit, not the code. Each commit's first Result is
+    its locked lane's: a night measures the locked lane before the canary."""
     from stagebench import results as stored
     from stagebench.asv_suite import class_name_of
 
-    versions: dict[str, dict] = {}
-    for result in stored.load(_store_path()):
-        commit = result.env.get("commit")
-        if commit in (good, bad) and class_name_of(result) == stage_class:
-            versions[commit] = result.env.get("packages") or {}
-    if good not in versions or bad not in versions:
+    stacks: dict[str, dict] = {}
+    for result in stored.load(store or _store_path()):
+        env = result.env or {}
+        commit = env.get("commit")
+        if commit not in (good, bad) or commit in stacks:
+            continue
+        try:
+            same_stage = class_name_of(result) == stage_class
+        except Exception:  # a stage this checkout no longer knows
+            continue
+        if same_stage:
+            packages = {k: v for k, v in (env.get("packages") or {}).items() if k != "stagebench"}
+            stacks[commit] = {**packages, **{k: env.get(k) for k in STACK_FACTS}}
+    if good not in stacks or bad not in stacks:
         return []
-    before, after = versions[good], versions[bad]
+    before, after = stacks[good], stacks[bad]
     return [
         f"{name} {before.get(name)} -> {after.get(name)}"
         for name in sorted(set(before) | set(after))
-        if before.get(name) != after.get(name) and name != "stagebench"
+        if before.get(name) != after.get(name)
     ]
 
 
@@ -283,9 +297,9 @@ def _finding_lines(finding) -> list[str]:
     if commits:
         shown = ", ".join(f"`{c}`" for c in commits[:10])
         lines.append(f"- commits in the range ({len(commits)}): {shown}")
-    packages = _packages_between(finding.good, finding.bad, finding.stage)
-    if packages:
-        lines.append(f"- packages changed in the range: {', '.join(packages)}")
+    stack = _stack_between(finding.good, finding.bad, finding.stage)
+    if stack:
+        lines.append(f"- the stack changed in the range: {', '.join(stack)}")
     return [*lines, "", "```sh", finding.bisect, "```", ""]
 
 
@@ -354,43 +368,87 @@ def _step(command: list[str], env: dict) -> int:
 
 def _remeasure(report, head: str, out: Path, env: dict) -> None:
     """Re-run the stages of new regressions and confirm or refute each finding: this commit
-    (`head`) again, and for a measured metric its last good commit too, one after the other under
-    tonight's load, so a machine slower all night is not mistaken for a regression. The re-runs
-    read a copy of the history's Results (the reference) and write only into `out`."""
-    from stagebench import history, regress
+    (`head`) again, and for a measured metric its last good commit too, just before it under
+    tonight's load (see regress.confirm). The good commit is measured on tonight's stack, so
+    where the stack changed in the range it is not: its code is not the only difference. The
+    re-runs read a copy of the history's Results (the reference) and write only into `out`."""
+    from stagebench import regress
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    store = Path(env["STAGEBENCH_STORE"])
-    copy = out / store.name
-    if store.is_file():
-        shutil.copyfile(store, copy)
-    env = {**env, "STAGEBENCH_STORE": str(copy.resolve())}
 
     def pattern(findings) -> str:
         classes = sorted({regress.stage_class_of(f.benchmark) for f in findings})
         return "|".join(f"^{re.escape(c)}\\." for c in classes)
 
-    measured = [f for f in report.new if f.metric != regress.OK_METRIC and f.good]
-    for good in sorted({f.good for f in measured}):
-        ours = [f for f in measured if f.good == good]
-        _step([*NOX_REMEASURE, str(out.resolve()), pattern(ours), good], env)
-    _step([*NOX_REMEASURE, str(out.resolve()), pattern(report.new)], env)
-    values: dict[tuple[str, str], float | None] = {}  # (commit, benchmark) -> value
+    unmoved: dict[str, str] = {}  # benchmark -> why its good commit was not re-measured
+    with tempfile.TemporaryDirectory(prefix="stagebench-remeasure-") as scratch:
+        store = Path(env["STAGEBENCH_STORE"])
+        copy = Path(scratch) / store.name
+        if store.is_file():
+            shutil.copyfile(store, copy)
+        env = {**env, "STAGEBENCH_STORE": str(copy)}
+        goods: dict[str, list] = {}
+        for f in report.new:
+            if f.metric == regress.OK_METRIC:
+                continue
+            stack = _stack_between(f.good, head, f.stage, store)
+            if stack:
+                unmoved[f.benchmark] = f"the stack changed in the range ({', '.join(stack)})"
+            else:
+                goods.setdefault(f.good, []).append(f)
+        for good, findings in sorted(goods.items()):
+            code = _step([*NOX_REMEASURE, str(out.resolve()), pattern(findings), good], env)
+            if code != 0:
+                for f in findings:
+                    unmoved[f.benchmark] = f"`nox -s remeasure` exited {code} on it"
+        _step([*NOX_REMEASURE, str(out.resolve()), pattern(report.new)], env)
+        values = _remeasured(out, env)
+        # A good run off its history: a slow night, or a burst on that one run. Its second run,
+        # after the bad one, tells them apart (the better of the two is kept).
+        again = [f for findings in goods.values() for f in findings if _good_drifted(f, values)]
+        first = dict(values)
+        for good in sorted({f.good for f in again}):
+            ours = [f for f in again if f.good == good]
+            _step([*NOX_REMEASURE, str(out.resolve()), pattern(ours), good], env)
+        values = {**first, **_remeasured(out, env)}
+        for f in again:
+            key = (f.good, f.benchmark)
+            values[key] = regress.better(f.metric, first.get(key), values.get(key))
+    confirmed = []
+    for f in report.regressions:
+        if f.new:
+            f = regress.confirm(
+                f, values.get((head, f.benchmark)), values.get((f.good, f.benchmark))
+            )
+            if f.benchmark in unmoved:
+                why = f"last good {f.good[:12]} not re-measured: {unmoved[f.benchmark]}"
+                f = dataclasses.replace(f, confirmation=f"{f.confirmation} ({why})")
+        confirmed.append(f)
+    report.regressions = confirmed
+
+
+def _remeasured(out: Path, env: dict) -> dict[tuple[str, str], float | None]:
+    """(commit, benchmark) -> the value re-measured into `out` (asv keeps a commit's latest)."""
+    from stagebench import history
+
+    values: dict[tuple[str, str], float | None] = {}
     try:
         again = history.load(out, machine=env["STAGEBENCH_ASV_MACHINE"])
-        for series in again.series.values():
-            for name, points in series.items():
-                for point in points:
-                    values[(point.commit, name)] = point.value
     except history.CannotJudge:
-        pass  # nothing re-measured: the findings stand unrefuted
-    report.regressions = [
-        regress.confirm(f, values.get((head, f.benchmark)), values.get((f.good, f.benchmark)))
-        if f.new
-        else f
-        for f in report.regressions
-    ]
+        return values  # nothing re-measured: the findings stand unrefuted
+    for series in again.series.values():
+        for name, points in series.items():
+            for point in points:
+                values[(point.commit, name)] = point.value
+    return values
+
+
+def _good_drifted(finding, values: dict) -> bool:
+    from stagebench import regress
+
+    value = values.get((finding.good, finding.benchmark))
+    return value is not None and regress.drifted(finding, value)
 
 
 def _nights(results: Path, machine: str) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -258,13 +257,14 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
 
 
 def confirm(finding: Finding, value: float | None, good_tonight: float | None = None) -> Finding:
-    """Judge a re-measurement of the finding's benchmark at the first bad side against the same
-    baseline: one burst of load on one run must not raise an alarm, a real change shows again.
+    """Judge a re-measurement of the finding's benchmark on the bad side: one burst of load on
+    one run must not raise an alarm, a real change shows again.
 
-    `good_tonight`: the last good commit re-measured the same night. The baseline is then moved
-    to tonight's level of the good commit (its shape, the noise, kept): a machine slower all
-    night moves both commits alike and is not taken for a regression; a real change still
-    stands out against its own good commit."""
+    `good_tonight`: the last good commit re-measured the same night. Where it sits within the
+    noise of its history, the machine is as usual and the re-run is judged against that history.
+    Where it does not (a machine slower or faster all night), the re-run is judged against it,
+    two single runs with the history's noise: a slow night moves both commits alike and is no
+    regression, a fast one does not hide a real change."""
     if finding.metric == OK_METRIC:
         if value is None or value < 0.5:
             return replace(finding, confirmed=True, confirmation="failed again on a re-run")
@@ -272,32 +272,57 @@ def confirm(finding: Finding, value: float | None, good_tonight: float | None = 
     if value is None:
         note = "the re-run gave no value: not refuted"
         return replace(finding, confirmed=True, confirmation=note)
-    baseline, against = list(finding.baseline), ""
-    if good_tonight is not None and baseline:
-        baseline = _moved_to(baseline, good_tonight)
-        against = f" against {finding.good[:12]} re-measured at {good_tonight:.4g}"
-    again = judge.compare_levels(
-        baseline,
-        [value],
+    worse = worse_sign(finding.metric)
+    before, prior, tonight, moved = list(finding.baseline), finding.prior, None, False
+    if good_tonight is not None and before:
+        tonight = f"{finding.good[:12]} re-measured at {good_tonight:.4g}"
+        single = prior or _noise_of(before)
+        on_log_scale = min(good_tonight, value) > 0  # where a single run's noise applies
+        if drifted(finding, good_tonight) and single and on_log_scale:
+            before, prior, moved = [good_tonight], single, True
+    again = judge.compare_levels(before, [value], worse, allow_noise_after=False, prior=prior)
+    detail = [] if again.change_pct is None else [f"{again.change_pct:+.1f}%"]
+    if tonight:
+        detail.append(f"against {tonight}" if moved else f"{tonight}, as usual")
+    text = f"a re-run measured {value:.4g}" + (f" ({' '.join(detail)})" if detail else "")
+    if again.verdict == judge.REGRESSED:
+        return replace(finding, confirmed=True, confirmation=f"{text} again")
+    note = f"{text}, within the noise: not alarmed"
+    return replace(finding, confirmed=False, confirmation=note)
+
+
+def drifted(finding: Finding, good_tonight: float) -> bool:
+    """Does tonight's run of the last good commit sit outside the noise of its history (a
+    machine slower or faster tonight, or a burst of load on that one run)?"""
+    if finding.metric == OK_METRIC or not finding.baseline:
+        return False
+    drift = judge.compare_levels(
+        list(finding.baseline),
+        [good_tonight],
         worse_sign(finding.metric),
         allow_noise_after=False,
         prior=finding.prior,
     )
-    change = "" if again.change_pct is None else f" ({again.change_pct:+.1f}%{against})"
-    if again.verdict == judge.REGRESSED:
-        note = f"a re-run measured {value:.4g}{change} again"
-        return replace(finding, confirmed=True, confirmation=note)
-    note = f"a re-run measured {value:.4g}{change}, within the noise: not alarmed"
-    return replace(finding, confirmed=False, confirmation=note)
+    return drift.verdict in (judge.REGRESSED, judge.IMPROVED)
 
 
-def _moved_to(baseline: list[float], level: float) -> list[float]:
-    """The baseline's values with their median moved to `level`: by a ratio where all are
-    positive (the judge's log scale), by a difference otherwise."""
-    median = statistics.median(baseline)
-    if median > 0 and level > 0 and min(baseline) > 0:
-        return [v * level / median for v in baseline]
-    return [v + level - median for v in baseline]
+def better(metric: str, a: float | None, b: float | None) -> float | None:
+    """The better of two runs of one commit: load only ever makes a run worse, so the better
+    one is the closer to what the commit does."""
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a, b) if worse_sign(metric) > 0 else max(a, b)
+
+
+def _noise_of(baseline: list[float]) -> judge.Prior | None:
+    """One run's noise from the points before the change, for judging two single runs; None
+    where it cannot be had (fewer than 2 points, zeros or negatives: no log scale)."""
+    if len(baseline) < 2 or min(baseline) <= 0:
+        return None
+    sigma, df = judge.spread([math.log(v) for v in baseline])
+    if df < 1 or not math.isfinite(sigma):
+        return None
+    return judge.Prior(sigma=sigma, df=df, source=f"the {len(baseline)} nights before the change")
 
 
 def _plural(n: int, word: str) -> str:
