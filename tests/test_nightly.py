@@ -12,8 +12,11 @@ Two regressions are planted, each in the middle of three commits that land the s
 - night 4: the uncompiled path raises (`00_sdpa` fails): deterministic under any load; the
   bisect command written in the alarm is then run as written and must name the planted commit;
 - night 6: every run compiles from scratch (inductor caches off): `first_step_s` of the compile
-  stage rises about 5x while nothing else moves, a realistic timing change found against the
-  noise of the warm nights before it, re-measured before alarming.
+  stage rises about 5x, a realistic timing change found against the noise of the warm nights
+  before it, re-measured before alarming. On this tiny workload its steps get slower too (about
+  7% on an idle machine, more under load, none with `--host-gc off`: Python's collector walks
+  what a cold compile leaves behind in every step), so a step-time alarm on that stage can be
+  real; it must then hold against the last good commit re-measured the same night.
 Both lanes run every night: the locked stack (the shared interpreter with `stagebench-test-plant`
 1.0.0, a FAKE package of the tests, in the role of a locked library) and the canary (the newest
 release of that package from a local wheel index). Until night 3 the index holds 1.0.0 only, so
@@ -219,7 +222,7 @@ def _what_the_nights_measured(nights) -> str:
         lines.append(f"night {night.number}: {seconds:.0f} s, compile first steps {firsts}")
     recompile = nights["nights"][RECOMPILE_NIGHT - 1].judged or {}
     found = [
-        {k: f.get(k) for k in ("benchmark", "change_pct", "new", "confirmed", "points_before")}
+        {k: f.get(k) for k in ("benchmark", "change_pct", "new", "confirmed", "confirmation")}
         for f in recompile.get("regressions", [])
     ]
     return "\n".join([*lines, f"night {RECOMPILE_NIGHT} findings: {found}"])
@@ -258,17 +261,24 @@ def test_the_failure_alarm_names_stage_metric_and_range(nights):
 
 def test_the_recompile_alarm_is_found_against_the_warm_nights(nights):
     night = nights["nights"][RECOMPILE_NIGHT - 1]
-    # What alarms: new findings a re-run did not refute (one run under a burst of the machine's
-    # load may flag step time too; its re-run must then clear it).
+    # What alarms: new findings a re-run did not refute.
     alarms = [f for f in night.judged["regressions"] if f["new"] and f["confirmed"] is not False]
-    assert len(alarms) == 1, _what_the_nights_measured(nights)
-    (finding,) = alarms
+    found = {f["metric"]: f for f in alarms}
+    assert "first_step_s" in found, _what_the_nights_measured(nights)
+    finding = found["first_step_s"]
     assert finding["benchmark"] == "stages.Stage_sdpa_compile_default.track_first_step_s"
     assert finding["change_pct"] > 150  # a cold compile is several times a cached one
     assert finding["points_before"] >= 3 and finding["confirmed"] is True
     assert finding["bad"] == night.head and night.planted[:7] in night.alarm
-    # Step time, tokens/s and the rest did not move: nothing else alarms that night.
-    assert "first_step_s rise" in night.alarm and "step_time_ms rise" not in night.alarm
+    assert "first_step_s rise" in night.alarm
+    # Only the planted stage alarms, and a step-time alarm (see the module docstring) held
+    # against the last good commit measured that night, under the same load.
+    assert set(found) <= {"first_step_s", "step_time_ms"}, _what_the_nights_measured(nights)
+    assert {f["stage"] for f in alarms} == {"Stage_sdpa_compile_default"}
+    good = finding["good"][:12]
+    assert f"{good} re-measured at" in finding["confirmation"]
+    if "step_time_ms" in found:
+        assert f"{good} re-measured at" in found["step_time_ms"]["confirmation"]
 
 
 def test_the_canary_alarm_names_the_release_that_did_it(nights):

@@ -275,7 +275,7 @@ def confirm(finding: Finding, value: float | None, good_tonight: float | None = 
     worse = worse_sign(finding.metric)
     before, prior, tonight, moved = list(finding.baseline), finding.prior, None, False
     if good_tonight is not None and before:
-        tonight = f"{finding.good[:12]} re-measured at {good_tonight:.4g}"
+        tonight = f"last good {finding.good[:12]} re-measured at {good_tonight:.4g}"
         single = prior or _noise_of(before)
         on_log_scale = min(good_tonight, value) > 0  # where a single run's noise applies
         if drifted(finding, good_tonight) and single and on_log_scale:
@@ -283,8 +283,8 @@ def confirm(finding: Finding, value: float | None, good_tonight: float | None = 
     again = judge.compare_levels(before, [value], worse, allow_noise_after=False, prior=prior)
     detail = [] if again.change_pct is None else [f"{again.change_pct:+.1f}%"]
     if tonight:
-        detail.append(f"against {tonight}" if moved else f"{tonight}, as usual")
-    text = f"a re-run measured {value:.4g}" + (f" ({' '.join(detail)})" if detail else "")
+        detail.append(f"against the {tonight}" if moved else f"{tonight}, as usual")
+    text = f"a re-run measured {value:.4g}" + (f" ({'; '.join(detail)})" if detail else "")
     if again.verdict == judge.REGRESSED:
         return replace(finding, confirmed=True, confirmation=f"{text} again")
     note = f"{text}, within the noise: not alarmed"
