@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import io
 import json
 import os
 import re
 import shutil
-import subprocess
-import tarfile
+import tempfile
 from collections.abc import Iterator
 
 import nox
@@ -211,17 +209,18 @@ def bench(session: nox.Session) -> None:
 
 
 @contextlib.contextmanager
-def _export(commit: str) -> Iterator[str]:
-    """The files of `commit` (`git archive`) under .asv/exports/, removed afterwards. Not a git
-    worktree: the container mounts `.git` read-only, and a worktree writes into it."""
-    where = os.path.abspath(f".asv/exports/{commit}")
-    shutil.rmtree(where, ignore_errors=True)  # left by a run killed outright
-    os.makedirs(where)
-    archive = subprocess.run(["git", "archive", commit], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(where, filter="data")
+def _export(session: nox.Session, commit: str) -> Iterator[str]:
+    """The files of `commit` in a fresh directory under .asv/exports/, removed afterwards;
+    checked out through an index of its own, not a git worktree: the container mounts `.git`
+    read-only, and a worktree writes into it."""
+    os.makedirs(".asv/exports", exist_ok=True)
+    where = os.path.abspath(tempfile.mkdtemp(prefix=f"{commit[:12]}-", dir=".asv/exports"))
     try:
-        yield where
+        index = {"GIT_INDEX_FILE": os.path.join(where, ".index")}
+        session.run("git", "read-tree", commit, env=index, external=True, silent=True)
+        files = os.path.join(where, "tree") + os.sep
+        session.run("git", "checkout-index", "--all", f"--prefix={files}", env=index, external=True)
+        yield files.rstrip(os.sep)
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
@@ -249,7 +248,7 @@ def remeasure(session: nox.Session) -> None:
         conf = _derived_conf("remeasure", results)
         _asv_run_commit(session, machine, head, ".", "--bench", pattern, conf=conf)
         return
-    with _export(commit) as files:
+    with _export(session, commit) as files:
         conf = _derived_conf("remeasure", results, files)
         _asv_run_commit(session, machine, commit, files, "--bench", pattern, conf=conf)
 
@@ -279,7 +278,7 @@ def backfill(session: nox.Session) -> None:
         except Exception:
             session.log(f"skipped {commit[:12]}: it has no benchmarks/ suite")
             continue
-        with _export(commit) as files:
+        with _export(session, commit) as files:
             conf = _derived_conf("backfill", results, files)
             env = {"STAGEBENCH_STORE": store}
             _asv_run_commit(session, machine, commit, files, *extra, conf=conf, env=env)

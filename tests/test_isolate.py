@@ -325,11 +325,17 @@ def test_the_child_imports_the_stagebench_its_parent_runs(tmp_path, monkeypatch)
     assert str(other.parent) in environ["PYTHONPATH"].split(os.pathsep)  # kept, behind ours
 
 
-def test_an_installed_stagebench_adds_no_site_packages_to_the_path(monkeypatch):
-    monkeypatch.setattr(stagebench, "__file__", "/venv/lib/python3.11/site-packages/stagebench/x")
+def test_an_installed_stagebench_adds_no_site_packages_to_the_path(monkeypatch, tmp_path):
+    installed = tmp_path / "venv" / "lib" / "site-packages" / "stagebench"
+    checkout = tmp_path / "checkout" / "src" / "stagebench"
+    for package in (installed, checkout):
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+    (tmp_path / "checkout" / "pyproject.toml").write_text("[project]\nname = 'stagebench'\n")
+    monkeypatch.setattr(stagebench, "__file__", str(installed / "__init__.py"))
     assert isolate.source_root() is None
-    monkeypatch.setattr(stagebench, "__file__", "/work/checkout/src/stagebench/__init__.py")
-    assert isolate.source_root() == "/work/checkout/src"
+    monkeypatch.setattr(stagebench, "__file__", str(checkout / "__init__.py"))
+    assert isolate.source_root() == str(checkout.parent.resolve())
 
 
 def test_the_child_can_be_another_interpreter(tmp_path):

@@ -381,3 +381,21 @@ def test_the_stack_between_two_commits_is_read_from_their_locked_results(tmp_pat
     ]
     assert _stack_between("a" * 40, "d" * 40, "Stage_00_sdpa", store) == []  # never stored
     assert _stack_between("a" * 40, "c" * 40, "Stage_sdpa_compile_default", store) == []
+
+
+def test_the_good_commit_is_re_measured_only_on_the_stack_it_was_measured_on(tmp_path):
+    from stagebench.nightly import _stack_since
+
+    store = tmp_path / "results.jsonl"
+    _stored(store, "a" * 40, device_name="cpu", gpu=None)
+    live = {"python": "3.12.3", "cuda_runtime": "12.8", "cudnn": 91002, "device_name": "cpu"}
+    live["packages"] = {"torch": "2.9.1", "liger-kernel": "0.8.5", "stagebench": "0.2"}
+    assert _stack_since("a" * 40, "Stage_00_sdpa", store, live) == []
+    moved = {**live, "packages": {**live["packages"], "torch": "2.10.0"}, "driver": "580.1"}
+    assert _stack_since("a" * 40, "Stage_00_sdpa", store, moved) == [
+        "driver None -> 580.1",
+        "torch 2.9.1 -> 2.10.0",
+    ]
+    elsewhere = {**live, "device_name": "NVIDIA H100 80GB HBM3"}
+    assert _stack_since("a" * 40, "Stage_00_sdpa", store, elsewhere) is None  # not stored here
+    assert _stack_since("b" * 40, "Stage_00_sdpa", store, live) is None

@@ -331,10 +331,11 @@ def _child_env(workload: Workload) -> dict[str, str]:
 
 
 def source_root() -> str | None:
-    """The directory this stagebench is imported from when it is a source tree (`src/`); None
-    for an installed copy, whose site-packages must not jump ahead of an overlay's own."""
+    """The directory this stagebench is imported from when it is the project's source tree
+    (`src/` beside pyproject.toml); None for an installed copy (site-packages, `pip --target`),
+    whose other packages must not jump ahead of an overlay's own."""
     root = Path(stagebench.__file__).resolve().parents[1]
-    return None if root.name in ("site-packages", "dist-packages") else str(root)
+    return str(root) if (root.parent / "pyproject.toml").is_file() else None
 
 
 def kill_workers(tmp: Path) -> None:

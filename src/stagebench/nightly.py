@@ -237,7 +237,8 @@ def _store_path() -> Path:
     return Path(explicit) if explicit else Path(".asv/results/stagebench-results.jsonl")
 
 
-STACK_FACTS = ("python", "cuda_runtime", "cudnn")  # beside the packages, what a Result's env names
+STACK_FACTS = ("python", "cuda_runtime", "cudnn", "driver")  # beside the packages
+SAME_MACHINE = ("device_name", "gpu")  # a store holds every runner's Results
 
 
 def _stack_between(good: str, bad: str, stage_class: str, store: Path | None = None) -> list[str]:
@@ -245,30 +246,54 @@ def _stack_between(good: str, bad: str, stage_class: str, store: Path | None = N
     between the stored Results of two commits' runs of a stage (the store keeps each Result's
     environment): a release can be the culprit, not the code. Each commit's first Result is
     its locked lane's: a night measures the locked lane before the canary."""
+    stacks: dict[str, dict] = {}
+    for commit, env in _stored_envs(store or _store_path(), stage_class, (good, bad)):
+        stacks.setdefault(commit, _stack(env))
+    if good not in stacks or bad not in stacks:
+        return []
+    return _differences(stacks[good], stacks[bad])
+
+
+def _stored_envs(store: Path, stage_class: str, commits) -> list[tuple[str, dict]]:
+    """(commit, env) of the stored Results of `stage_class` at `commits`, in store order."""
     from stagebench import results as stored
     from stagebench.asv_suite import class_name_of
 
-    stacks: dict[str, dict] = {}
-    for result in stored.load(store or _store_path()):
-        env = result.env or {}
-        commit = env.get("commit")
-        if commit not in (good, bad) or commit in stacks:
+    found = []
+    for result in stored.load(store):
+        env = result.env if isinstance(result.env, dict) else {}
+        if env.get("commit") not in commits:
             continue
         try:
-            same_stage = class_name_of(result) == stage_class
+            if class_name_of(result) == stage_class:
+                found.append((env["commit"], env))
         except Exception:  # a stage this checkout no longer knows
             continue
-        if same_stage:
-            packages = {k: v for k, v in (env.get("packages") or {}).items() if k != "stagebench"}
-            stacks[commit] = {**packages, **{k: env.get(k) for k in STACK_FACTS}}
-    if good not in stacks or bad not in stacks:
-        return []
-    before, after = stacks[good], stacks[bad]
+    return found
+
+
+def _stack(env: dict) -> dict:
+    packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    packages = {k: v for k, v in packages.items() if k != "stagebench"}
+    return {**packages, **{k: env.get(k) for k in STACK_FACTS}}
+
+
+def _differences(before: dict, after: dict) -> list[str]:
     return [
         f"{name} {before.get(name)} -> {after.get(name)}"
         for name in sorted(set(before) | set(after))
         if before.get(name) != after.get(name)
     ]
+
+
+def _stack_since(good: str, stage_class: str, store: Path, live: dict) -> list[str] | None:
+    """What differs between the stack `good` was measured on (its first stored Result of the
+    stage on this kind of machine: a night measures the locked lane first) and the stack here
+    now, on which it would be re-measured tonight; None where its stack is not stored."""
+    for _, env in _stored_envs(store, stage_class, (good,)):
+        if all(env.get(k) == live.get(k) for k in SAME_MACHINE):
+            return _differences(_stack(env), _stack(live))
+    return None
 
 
 def _commits_between(good: str, bad: str) -> list[str]:
@@ -367,11 +392,13 @@ def _step(command: list[str], env: dict) -> int:
 
 
 def _remeasure(report, head: str, out: Path, env: dict) -> None:
-    """Re-run the stages of new regressions and confirm or refute each finding: this commit
-    (`head`) again, and for a measured metric its last good commit too, just before it under
-    tonight's load (see regress.confirm). The good commit is measured on tonight's stack, so
-    where the stack changed in the range it is not: its code is not the only difference. The
-    re-runs read a copy of the history's Results (the reference) and write only into `out`."""
+    """Re-run the stages of new regressions and confirm or refute each finding (see
+    regress.confirm): for a measured metric, its last good commit, then this one (`head`); when
+    the good run is off its history (a slow night, or a burst on that one run), both once more,
+    interleaved. The good commit is re-measured on tonight's stack only where it was measured
+    on the same one: otherwise its code would not be the only difference. The re-runs read a
+    copy of the history's Results (the reference) and write only into `out`."""
+    from stagebench import env as facts
     from stagebench import regress
 
     shutil.rmtree(out, ignore_errors=True)
@@ -381,45 +408,50 @@ def _remeasure(report, head: str, out: Path, env: dict) -> None:
         classes = sorted({regress.stage_class_of(f.benchmark) for f in findings})
         return "|".join(f"^{re.escape(c)}\\." for c in classes)
 
+    def measure(findings, commit: str | None = None) -> dict:
+        which = [commit] if commit else []
+        code = _step([*NOX_REMEASURE, str(out.resolve()), pattern(findings), *which], env)
+        if code != 0 and commit:
+            for f in findings:
+                unmoved[f.benchmark] = f"`nox -s remeasure` exited {code} on it"
+        return _remeasured(out, env)
+
     unmoved: dict[str, str] = {}  # benchmark -> why its good commit was not re-measured
+    store = Path(env["STAGEBENCH_STORE"])
+    measured = [f for f in report.new if f.metric != regress.OK_METRIC]
+    live = facts.collect() if measured else {}
+    goods: dict[str, list] = {}
+    for f in measured:
+        stack = _stack_since(f.good, f.stage, store, live)
+        if stack is None:
+            unmoved[f.benchmark] = "its stack on this machine is not in the stored Results"
+        elif stack:
+            unmoved[f.benchmark] = f"the stack changed since ({', '.join(stack)})"
+        else:
+            goods.setdefault(f.good, []).append(f)
     with tempfile.TemporaryDirectory(prefix="stagebench-remeasure-") as scratch:
-        store = Path(env["STAGEBENCH_STORE"])
         copy = Path(scratch) / store.name
         if store.is_file():
             shutil.copyfile(store, copy)
         env = {**env, "STAGEBENCH_STORE": str(copy)}
-        goods: dict[str, list] = {}
-        for f in report.new:
-            if f.metric == regress.OK_METRIC:
-                continue
-            stack = _stack_between(f.good, head, f.stage, store)
-            if stack:
-                unmoved[f.benchmark] = f"the stack changed in the range ({', '.join(stack)})"
-            else:
-                goods.setdefault(f.good, []).append(f)
+        first: dict = {}
         for good, findings in sorted(goods.items()):
-            code = _step([*NOX_REMEASURE, str(out.resolve()), pattern(findings), good], env)
-            if code != 0:
-                for f in findings:
-                    unmoved[f.benchmark] = f"`nox -s remeasure` exited {code} on it"
-        _step([*NOX_REMEASURE, str(out.resolve()), pattern(report.new)], env)
-        values = _remeasured(out, env)
-        # A good run off its history: a slow night, or a burst on that one run. Its second run,
-        # after the bad one, tells them apart (the better of the two is kept).
-        again = [f for findings in goods.values() for f in findings if _good_drifted(f, values)]
-        first = dict(values)
-        for good in sorted({f.good for f in again}):
-            ours = [f for f in again if f.good == good]
-            _step([*NOX_REMEASURE, str(out.resolve()), pattern(ours), good], env)
-        values = {**first, **_remeasured(out, env)}
-        for f in again:
-            key = (f.good, f.benchmark)
-            values[key] = regress.better(f.metric, first.get(key), values.get(key))
+            first = measure(findings, good)
+        first = measure(report.new)
+        off = [f for fs in goods.values() for f in fs if _good_drifted(f, first)]
+        second: dict = {}
+        for good in sorted({f.good for f in off}):
+            second = measure([f for f in off if f.good == good], good)
+        if off:
+            second = measure(off)
     confirmed = []
     for f in report.regressions:
         if f.new:
+            rounds = (first, second) if f in off else (first,)
             f = regress.confirm(
-                f, values.get((head, f.benchmark)), values.get((f.good, f.benchmark))
+                f,
+                [r.get((head, f.benchmark)) for r in rounds],
+                [r.get((f.good, f.benchmark)) for r in rounds],
             )
             if f.benchmark in unmoved:
                 why = f"last good {f.good[:12]} not re-measured: {unmoved[f.benchmark]}"

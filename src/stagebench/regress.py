@@ -256,39 +256,82 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
     )
 
 
-def confirm(finding: Finding, value: float | None, good_tonight: float | None = None) -> Finding:
-    """Judge a re-measurement of the finding's benchmark on the bad side: one burst of load on
-    one run must not raise an alarm, a real change shows again.
+def confirm(
+    finding: Finding,
+    bad_runs: Sequence[float | None] | float | None,
+    good_runs: Sequence[float | None] = (),
+) -> Finding:
+    """Judge re-measurements of the finding's benchmark: one burst of load on one run must not
+    raise an alarm, a real change shows again.
 
-    `good_tonight`: the last good commit re-measured the same night. Where it sits within the
-    noise of its history, the machine is as usual and the re-run is judged against that history.
-    Where it does not (a machine slower or faster all night), the re-run is judged against it,
-    two single runs with the history's noise: a slow night moves both commits alike and is no
-    regression, a fast one does not hide a real change."""
+    `bad_runs`: the bad side re-run (this commit), `good_runs`: the last good commit re-run the
+    same night, in the same rounds (one or two each; the better run of each side counts: load
+    only makes a run worse). A good run within the noise of its history means a usual night:
+    the re-run is judged against the history. A good run off it means a night slower or faster
+    (a burst on one run was taken out by the second round): the re-run is judged against it, two
+    single runs, with the larger of the history's noise and the noise the two rounds showed
+    tonight, and never below the 1% minimum effect."""
+    bad, good = _present(bad_runs), _present(good_runs)
     if finding.metric == OK_METRIC:
+        value = bad[0] if bad else None
         if value is None or value < 0.5:
             return replace(finding, confirmed=True, confirmation="failed again on a re-run")
         return replace(finding, confirmed=False, confirmation="passed on a re-run: a flaky failure")
-    if value is None:
+    if not bad:
         note = "the re-run gave no value: not refuted"
         return replace(finding, confirmed=True, confirmation=note)
+    value = bad[0] if len(bad) == 1 else better(finding.metric, *bad[:2])
     worse = worse_sign(finding.metric)
-    before, prior, tonight, moved = list(finding.baseline), finding.prior, None, False
-    if good_tonight is not None and before:
-        tonight = f"last good {finding.good[:12]} re-measured at {good_tonight:.4g}"
-        single = prior or _noise_of(before)
-        on_log_scale = min(good_tonight, value) > 0  # where a single run's noise applies
-        if drifted(finding, good_tonight) and single and on_log_scale:
-            before, prior, moved = [good_tonight], single, True
-    again = judge.compare_levels(before, [value], worse, allow_noise_after=False, prior=prior)
-    detail = [] if again.change_pct is None else [f"{again.change_pct:+.1f}%"]
-    if tonight:
-        detail.append(f"against the {tonight}" if moved else f"{tonight}, as usual")
+    detail, noise_pct = [], None
+    if good and finding.baseline:
+        good_tonight = good[0] if len(good) == 1 else better(finding.metric, *good[:2])
+        runs = "" if len(good) == 1 else f" (better of {len(good)})"
+        tonight = f"last good {finding.good[:12]} re-measured at {good_tonight:.4g}{runs}"
+        off = drifted(finding, good_tonight)
+        noise_pct = _single_run_noise_pct(finding, good, bad)
+        if off and noise_pct is not None and min(*good, *bad) > 0:
+            again = judge.compare_runs(good_tonight, value, worse, noise_pct)
+            detail.append(f"against the {tonight}, a night off its history")
+        else:
+            again = None
+            why = "off its history, not comparable run to run" if off else "as usual"
+            detail.append(f"{tonight}, {why}")
+    else:
+        again = None
+    if again is None:
+        again = judge.compare_levels(
+            list(finding.baseline), [value], worse, allow_noise_after=False, prior=finding.prior
+        )
+    if again.change_pct is not None:
+        detail.insert(0, f"{again.change_pct:+.1f}%")
     text = f"a re-run measured {value:.4g}" + (f" ({'; '.join(detail)})" if detail else "")
     if again.verdict == judge.REGRESSED:
         return replace(finding, confirmed=True, confirmation=f"{text} again")
-    note = f"{text}, within the noise: not alarmed"
-    return replace(finding, confirmed=False, confirmation=note)
+    return replace(finding, confirmed=False, confirmation=f"{text}, within the noise: not alarmed")
+
+
+def _present(runs: Sequence[float | None] | float | None) -> list[float]:
+    if runs is None:
+        return []
+    if isinstance(runs, int | float):
+        return [float(runs)]
+    return [float(v) for v in runs if v is not None]
+
+
+def _single_run_noise_pct(finding: Finding, good: list[float], bad: list[float]) -> float | None:
+    """The 99% bar, in %, for the difference of two single runs: one run's noise from the
+    stage's measured prior or the history's spread, or from tonight's two rounds where those
+    disagree more; None where no log-scale noise can be had."""
+    prior = finding.prior or _noise_of(list(finding.baseline))
+    sigma, df = (prior.sigma, prior.df) if prior else (0.0, 0)
+    pairs = [p for p in (good[:2], bad[:2]) if len(p) == 2 and min(p) > 0]
+    if pairs:  # a pair's log ratio has twice one run's variance
+        tonight = math.sqrt(sum(math.log(a / b) ** 2 for a, b in pairs) / (2 * len(pairs)))
+        if tonight > sigma:
+            sigma, df = tonight, len(pairs)
+    if df < 1:
+        return None
+    return 100.0 * math.expm1(judge.t_quantile(df) * sigma * math.sqrt(2))
 
 
 def drifted(finding: Finding, good_tonight: float) -> bool:
