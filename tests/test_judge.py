@@ -89,6 +89,22 @@ def test_a_cold_first_night_then_a_recompile_every_run():
     assert j.n_before == 5
 
 
+def test_a_jump_after_a_short_level_is_judged_with_an_earlier_level_noise():
+    """The compile stage's first steps as a CI night measured them: the warm nights drift up to
+    a level of two points, then every run compiles cold. That level has no noise of its own and
+    one new run lends none: an earlier level's noise judges it, the 8x jump is not merged into
+    a median of the short level."""
+    values = [3.04, 3.03, 3.14, 3.37, 3.37, 27.53]
+    j = judge.latest(values, LOWER)
+    assert j.verdict == judge.REGRESSED and (j.last_good, j.first_bad) == (4, 5)
+    assert j.noise_range == (0, 3) and "earlier level of 3 points" in j.reason
+    # The same short level with nothing new after it stays one level: no alarm.
+    assert judge.latest([3.04, 3.03, 3.14, 3.37, 3.37, 3.38], LOWER).verdict != judge.REGRESSED
+    # And a step two nights ago is still found where it happened, not at the newest run.
+    j = judge.latest([1.0] * 30 + [2.0, 2.0, 2.0], LOWER)
+    assert (j.verdict, j.first_bad, j.noise_range) == (judge.REGRESSED, 30, None)
+
+
 def test_judgements_are_scale_free():
     small = judge.latest(series(4, 20, 0.01, 0.01, step_at=15, step=0.05), LOWER)
     large = judge.latest(series(4, 20, 1e6, 0.01, step_at=15, step=0.05), LOWER)

@@ -11,8 +11,11 @@ another) and the site, so the three never disagree on what is noise:
 3. A change between two segments is judged against the noise of the segment before it alone
    (its standard deviation, leaving out one clear outlier from TRIM_FROM points on), never
    against noise measured after the change. Only when that segment has two points (a level, but
-   no noise estimate) is the noise of the segment after it used, and the judgement says so; one
-   point is no level at all.
+   no noise estimate) is the noise of another segment used, and the judgement says so: the
+   segment after it when that has enough points, else the nearest earlier one that has (noise
+   belongs to the stage and the machine, not to one level; merging a lone new run into a short
+   level instead would hide a 5x jump in that level's median), never quieter than the two
+   points' own difference. One point is no level at all.
 4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
    one-sided Student-t bound at CONFIDENCE (99%) for the difference of the two levels, so that
    few points of history need a larger change: with 3 points before, one new run must exceed
@@ -122,6 +125,9 @@ class Judgement:
     bar_pct: float | None = None  # the smallest change that would have counted, %
     n_before: int = 0
     n_after: int = 0
+    # [start, end) of the points whose spread was the noise, when not the points before the
+    # change (too few of them): a re-run must be judged with the same noise
+    noise_range: tuple[int, int] | None = None
 
     @property
     def changed(self) -> bool:
@@ -173,9 +179,12 @@ def compare_levels(
     *,
     allow_noise_after: bool = True,
     prior: Prior | None = None,
+    noise_from: Sequence[float] = (),
 ) -> Judgement:
     """Is the level of `after` worse (or better) than that of `before`? Values in their units.
-    `prior`: the stage's measured run-to-run noise (rule 5 of the module docstring)."""
+    `prior`: the stage's measured run-to-run noise (rule 5 of the module docstring).
+    `noise_from`: another level of the same series whose spread stands in when `before` has
+    two points only and `after` too few to lend theirs (rule 3)."""
     nb, na = len(before), len(after)
     if not nb or not na:
         raise ValueError("both sides need at least one value")
@@ -209,9 +218,14 @@ def compare_levels(
         reason = f"noise from {prior.source}"
     elif nb < MIN_BASELINE or df < 1:
         # One run is no level (it may be the outlier); two are, but their noise is not known.
+        lent = _scaled(noise_from, level_b) if len(noise_from) >= MIN_BASELINE else None
         if nb >= 2 and allow_noise_after and na >= MIN_BASELINE:
             sigma, df = spread(logs_a)
             reason = f"noise from the {na} points after the change ({nb} before it)"
+        elif nb >= 2 and lent is not None and spread(lent)[1] >= 1:
+            # never quieter than the two points themselves show (then with their one df)
+            sigma, df = max(spread(lent), spread(logs_b))
+            reason = f"noise from an earlier level of {len(noise_from)} points ({nb} before it)"
         else:
             return Judgement(
                 UNJUDGED,
@@ -240,6 +254,15 @@ def compare_levels(
         n_before=nb,
         n_after=na,
     )
+
+
+def _scaled(values: Sequence[float], level: float) -> list[float] | None:
+    """Values on the scale a comparison uses: logs, or units of `level` when some are not
+    positive; None where that scale cannot be had."""
+    logs = _log(values)
+    if logs is not None:
+        return logs
+    return [v / (abs(level) or 1.0) for v in values]
 
 
 def _fields(j: Judgement) -> dict:
@@ -323,14 +346,25 @@ def latest(values: Sequence[float], worse: int, prior: Prior | None = None) -> J
     # must not hide it.
     segs = [*segments(values[:-1], prior), (n - 1, n)]
     start, end = segs[-1]
-    for seg_start, seg_end in reversed(segs[:-1]):
-        judged = compare_levels(values[seg_start:seg_end], values[start:end], worse, prior=prior)
+    for i in range(len(segs) - 2, -1, -1):
+        seg_start, seg_end = segs[i]
+        lender = next((s for s in reversed(segs[:i]) if s[1] - s[0] >= MIN_BASELINE), None)
+        lent = values[lender[0] : lender[1]] if lender else ()
+        judged = compare_levels(
+            values[seg_start:seg_end], values[start:end], worse, prior=prior, noise_from=lent
+        )
         if not judged.changed:
             # Not a change that counts (or two short pieces no noise can be measured on): one
             # level, judged again against what came before it.
             start = seg_start
             continue
-        return dataclasses.replace(judged, last_good=seg_end - 1, first_bad=start)
+        borrowed = judged.reason is not None and judged.reason.startswith("noise from an earlier")
+        return dataclasses.replace(
+            judged,
+            last_good=seg_end - 1,
+            first_bad=start,
+            noise_range=lender if borrowed else None,
+        )
     return Judgement(SAME, before=statistics.median(values), after=statistics.median(values))
 
 

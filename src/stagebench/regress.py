@@ -53,6 +53,8 @@ class Finding:
     confirmed: bool | None = None
     confirmation: str | None = None
     prior: judge.Prior | None = None  # the stage's measured noise, when the judge used one
+    # the earlier level whose spread was the noise, when the baseline was too short for its own
+    noise_points: tuple[float, ...] = ()
 
     @property
     def stage(self) -> str:
@@ -240,6 +242,7 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
     derived = tuple((m.metric, m.now.change_pct) for m in changed if m is not lead)
     measured = [float(p.value) for p in lead.points if p.value is not None]
     baseline = tuple(measured[j.last_good - j.n_before + 1 : j.last_good + 1])
+    noise_points = tuple(measured[slice(*j.noise_range)]) if j.noise_range else ()
     return Finding(
         machine=source.machine,
         env=source.env,
@@ -253,6 +256,7 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
         new=new,
         baseline=baseline,
         prior=lead.prior,
+        noise_points=noise_points,
     )
 
 
@@ -300,7 +304,12 @@ def confirm(
         again = None
     if again is None:
         again = judge.compare_levels(
-            list(finding.baseline), [value], worse, allow_noise_after=False, prior=finding.prior
+            list(finding.baseline),
+            [value],
+            worse,
+            allow_noise_after=False,
+            prior=finding.prior,
+            noise_from=finding.noise_points,
         )
     if again.change_pct is not None:
         detail.insert(0, f"{again.change_pct:+.1f}%")
@@ -322,7 +331,7 @@ def _single_run_noise_pct(finding: Finding, good: list[float], bad: list[float])
     """The 99% bar, in %, for the difference of two single runs: one run's noise from the
     stage's measured prior or the history's spread, or from tonight's two rounds where those
     disagree more; None where no log-scale noise can be had."""
-    prior = finding.prior or _noise_of(list(finding.baseline))
+    prior = finding.prior or _noise_of(list(finding.noise_points or finding.baseline))
     sigma, df = (prior.sigma, prior.df) if prior else (0.0, 0)
     pairs = [p for p in (good[:2], bad[:2]) if len(p) == 2 and min(p) > 0]
     if pairs:  # a pair's log ratio has twice one run's variance
@@ -345,6 +354,7 @@ def drifted(finding: Finding, good_tonight: float) -> bool:
         worse_sign(finding.metric),
         allow_noise_after=False,
         prior=finding.prior,
+        noise_from=finding.noise_points,
     )
     return drift.verdict in (judge.REGRESSED, judge.IMPROVED)
 
