@@ -105,6 +105,27 @@ def test_a_jump_after_a_short_level_is_judged_with_an_earlier_level_noise():
     assert (j.verdict, j.first_bad, j.noise_range) == (judge.REGRESSED, 30, None)
 
 
+def test_a_short_level_pools_its_own_noise_with_the_borrowed():
+    """A pair noisier than the level lending its noise raises the bar smoothly (no cliff where
+    one df alone decides), and the jump after it is still found at the newest run."""
+    j = judge.latest([3.04, 3.03, 3.14, 3.04, 3.05, 3.13, 3.37, 3.60, 27.53], LOWER)
+    assert (j.verdict, j.first_bad) == (judge.REGRESSED, 8)
+    bars = [judge.latest([3.04, 3.03, 3.14, 3.37, b, 5.0], LOWER) for b in (3.463, 3.466)]
+    assert [b.verdict for b in bars] == [judge.REGRESSED] * 2
+    assert bars[1].bar_pct == pytest.approx(bars[0].bar_pct, rel=0.1)
+
+
+def test_noise_is_borrowed_on_the_log_scale_only():
+    """A series with zeros has no relative scale: no level lends it noise, and its verdicts do
+    not depend on the unit."""
+    verdicts = {
+        (j.verdict, j.first_bad)
+        for scale in (0.01, 1.0, 100.0)
+        for j in [judge.latest([scale * v for v in (1, 1.02, 0.98, 0, 0, 0.05)], LOWER)]
+    }
+    assert verdicts == {(judge.IMPROVED, 3)}
+
+
 def test_judgements_are_scale_free():
     small = judge.latest(series(4, 20, 0.01, 0.01, step_at=15, step=0.05), LOWER)
     large = judge.latest(series(4, 20, 1e6, 0.01, step_at=15, step=0.05), LOWER)

@@ -14,8 +14,8 @@ another) and the site, so the three never disagree on what is noise:
    no noise estimate) is the noise of another segment used, and the judgement says so: the
    segment after it when that has enough points, else the nearest earlier one that has (noise
    belongs to the stage and the machine, not to one level; merging a lone new run into a short
-   level instead would hide a 5x jump in that level's median), never quieter than the two
-   points' own difference. One point is no level at all.
+   level instead would hide a 5x jump in that level's median), pooled with the two points' own
+   spread, and on the log scale only. One point is no level at all.
 4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
    one-sided Student-t bound at CONFIDENCE (99%) for the difference of the two levels, so that
    few points of history need a larger change: with 3 points before, one new run must exceed
@@ -50,6 +50,10 @@ MIN_EFFECT_MEASURED = 0.001
 NOISE_FLOOR = 2.0  # a change must be at least twice one run's noise
 CONFIDENCE = 0.99  # one-sided, per judgement; the nightly re-measures before it alarms
 MIN_BASELINE = 3  # points a segment needs before its noise is believed
+# A level of two points judged with borrowed noise keeps its own bar too: one-sided Student-t
+# at 97.5% for its one degree of freedom (a level noisier than the one lending, as a cold
+# compile is, must not alarm on its third point).
+PAIR_T = 12.706
 TRIM_FROM = 5  # from this many points on, one clear outlier is left out of the noise
 OUTLIER_MADS = 3.5  # how far (in robust sigmas, from the median) a point must be to be one
 JUMP_PENALTY = 3.0  # Potts cost of one level change, in sigma * ln(points)
@@ -160,6 +164,16 @@ def spread(ys: Sequence[float]) -> tuple[float, int]:
     return statistics.stdev(kept), len(kept) - 1
 
 
+def pooled_spread(short: Sequence[float], lender: Sequence[float]) -> tuple[float, int]:
+    """One run's noise for a level too short for its own (two points): its spread pooled with
+    an earlier level's (the same stage on the same machine), each by its degrees of freedom, so
+    a noisy pair raises the bar smoothly instead of the pair's one df alone deciding it."""
+    sigma_s, df_s = spread(short)
+    sigma_l, df_l = spread(lender)
+    df = df_s + df_l
+    return math.sqrt((df_s * sigma_s**2 + df_l * sigma_l**2) / df), df
+
+
 def _median_variance(n: int) -> float:
     """Variance of a median of n runs, in units of one run's variance (pi/2 for large n)."""
     return 1.0 if n <= 2 else math.pi / 2 / n
@@ -212,19 +226,20 @@ def compare_levels(
 
     effect = statistics.median(logs_a) - statistics.median(logs_b)
     sigma, df = spread(logs_b)
-    reason = None
+    reason, own = None, 0.0
     if prior is not None and relative and (nb < MIN_BASELINE or df < 1 or prior.sigma > sigma):
         sigma, df = prior.sigma, prior.df
         reason = f"noise from {prior.source}"
     elif nb < MIN_BASELINE or df < 1:
         # One run is no level (it may be the outlier); two are, but their noise is not known.
-        lent = _scaled(noise_from, level_b) if len(noise_from) >= MIN_BASELINE else None
+        # Borrowed noise is log-scale noise: only where every side has a relative scale.
+        lent = _log(noise_from) if relative and len(noise_from) >= MIN_BASELINE else None
         if nb >= 2 and allow_noise_after and na >= MIN_BASELINE:
             sigma, df = spread(logs_a)
             reason = f"noise from the {na} points after the change ({nb} before it)"
         elif nb >= 2 and lent is not None and spread(lent)[1] >= 1:
-            # never quieter than the two points themselves show (then with their one df)
-            sigma, df = max(spread(lent), spread(logs_b))
+            sigma, df = pooled_spread(logs_b, lent)
+            own = PAIR_T * math.sqrt(2) * spread(logs_b)[0]
             reason = f"noise from an earlier level of {len(noise_from)} points ({nb} before it)"
         else:
             return Judgement(
@@ -239,7 +254,7 @@ def compare_levels(
         # the stage's own minimum effect, not the 1% every stage gets
         floor = max(prior.mde, math.log1p(MIN_EFFECT_MEASURED))
         reason = reason or f"minimum effect from {prior.source}"
-    bar = max(floor, NOISE_FLOOR * sigma, margin)
+    bar = max(floor, NOISE_FLOOR * sigma, margin, own)
     verdict = SAME
     if abs(effect) > bar:
         verdict = REGRESSED if effect * worse > 0 else IMPROVED
@@ -254,15 +269,6 @@ def compare_levels(
         n_before=nb,
         n_after=na,
     )
-
-
-def _scaled(values: Sequence[float], level: float) -> list[float] | None:
-    """Values on the scale a comparison uses: logs, or units of `level` when some are not
-    positive; None where that scale cannot be had."""
-    logs = _log(values)
-    if logs is not None:
-        return logs
-    return [v / (abs(level) or 1.0) for v in values]
 
 
 def _fields(j: Judgement) -> dict:

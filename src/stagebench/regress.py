@@ -331,7 +331,7 @@ def _single_run_noise_pct(finding: Finding, good: list[float], bad: list[float])
     """The 99% bar, in %, for the difference of two single runs: one run's noise from the
     stage's measured prior or the history's spread, or from tonight's two rounds where those
     disagree more; None where no log-scale noise can be had."""
-    prior = finding.prior or _noise_of(list(finding.noise_points or finding.baseline))
+    prior = finding.prior or _noise_of(list(finding.baseline), list(finding.noise_points))
     sigma, df = (prior.sigma, prior.df) if prior else (0.0, 0)
     pairs = [p for p in (good[:2], bad[:2]) if len(p) == 2 and min(p) > 0]
     if pairs:  # a pair's log ratio has twice one run's variance
@@ -367,12 +367,17 @@ def better(metric: str, a: float | None, b: float | None) -> float | None:
     return min(a, b) if worse_sign(metric) > 0 else max(a, b)
 
 
-def _noise_of(baseline: list[float]) -> judge.Prior | None:
-    """One run's noise from the points before the change, for judging two single runs; None
-    where it cannot be had (fewer than 2 points, zeros or negatives: no log scale)."""
+def _noise_of(baseline: list[float], lender: list[float]) -> judge.Prior | None:
+    """One run's noise from the points before the change (pooled with the earlier level the
+    judge borrowed from, where it did), for judging two single runs; None where it cannot be
+    had (fewer than 2 points, zeros or negatives: no log scale)."""
     if len(baseline) < 2 or min(baseline) <= 0:
         return None
-    sigma, df = judge.spread([math.log(v) for v in baseline])
+    logs = [math.log(v) for v in baseline]
+    if lender and min(lender) > 0:
+        sigma, df = judge.pooled_spread(logs, [math.log(v) for v in lender])
+    else:
+        sigma, df = judge.spread(logs)
     if df < 1 or not math.isfinite(sigma):
         return None
     return judge.Prior(sigma=sigma, df=df, source=f"the {len(baseline)} nights before the change")
