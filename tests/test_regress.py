@@ -103,13 +103,13 @@ def test_recompiling_every_run_after_a_cold_first_night(tmp_path):
     )
 
 
-def test_a_rerun_after_a_short_level_is_judged_with_the_noise_that_found_it(tmp_path):
-    """The finding's baseline has two points; its confirmation and the good commit's drift
-    check use the earlier level's noise the finding was judged with, not none at all."""
+def test_a_jump_after_a_short_level_is_new_and_its_rerun_judged_against_the_same_points(tmp_path):
+    """The pair joins the level before it: the finding's baseline is all five warm nights, so a
+    re-run and the good commit's drift check are judged against the points that found it."""
     hashes = write_history(tmp_path, {FIRST_STEP: [3.04, 3.03, 3.14, 3.37, 3.37, 27.53]})
     found = only(regress.check(tmp_path))
     assert (found.good, found.bad, found.new) == (hashes[4], hashes[5], True)
-    assert found.baseline == (3.37, 3.37) and found.noise_points == (3.04, 3.03, 3.14)
+    assert found.baseline == (3.04, 3.03, 3.14, 3.37, 3.37)
     assert regress.confirm(found, [26.2], [3.08]).confirmed
     assert regress.confirm(found, [3.4], [3.36]).confirmed is False
     assert not regress.drifted(found, 3.36) and regress.drifted(found, 9.0)

@@ -11,11 +11,9 @@ another) and the site, so the three never disagree on what is noise:
 3. A change between two segments is judged against the noise of the segment before it alone
    (its standard deviation, leaving out one clear outlier from TRIM_FROM points on), never
    against noise measured after the change. Only when that segment has two points (a level, but
-   no noise estimate) is the noise of another segment used, and the judgement says so: the
-   segment after it when that has enough points, else the nearest earlier one that has (noise
-   belongs to the stage and the machine, not to one level; merging a lone new run into a short
-   level instead would hide a 5x jump in that level's median), pooled with the two points' own
-   spread, and on the log scale only. One point is no level at all.
+   no noise estimate) is the noise of the segment after it used, and the judgement says so; or,
+   when the segment after is too short too, the two points join the level before them if they
+   are no change from it. One point is no level at all.
 4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
    one-sided Student-t bound at CONFIDENCE (99%) for the difference of the two levels, so that
    few points of history need a larger change: with 3 points before, one new run must exceed
@@ -50,10 +48,6 @@ MIN_EFFECT_MEASURED = 0.001
 NOISE_FLOOR = 2.0  # a change must be at least twice one run's noise
 CONFIDENCE = 0.99  # one-sided, per judgement; the nightly re-measures before it alarms
 MIN_BASELINE = 3  # points a segment needs before its noise is believed
-# A level of two points judged with borrowed noise keeps its own bar too: one-sided Student-t
-# at 97.5% for its one degree of freedom (a level noisier than the one lending, as a cold
-# compile is, must not alarm on its third point).
-PAIR_T = 12.706
 TRIM_FROM = 5  # from this many points on, one clear outlier is left out of the noise
 OUTLIER_MADS = 3.5  # how far (in robust sigmas, from the median) a point must be to be one
 JUMP_PENALTY = 3.0  # Potts cost of one level change, in sigma * ln(points)
@@ -129,9 +123,6 @@ class Judgement:
     bar_pct: float | None = None  # the smallest change that would have counted, %
     n_before: int = 0
     n_after: int = 0
-    # [start, end) of the points whose spread was the noise, when not the points before the
-    # change (too few of them): a re-run must be judged with the same noise
-    noise_range: tuple[int, int] | None = None
 
     @property
     def changed(self) -> bool:
@@ -164,16 +155,6 @@ def spread(ys: Sequence[float]) -> tuple[float, int]:
     return statistics.stdev(kept), len(kept) - 1
 
 
-def pooled_spread(short: Sequence[float], lender: Sequence[float]) -> tuple[float, int]:
-    """One run's noise for a level too short for its own (two points): its spread pooled with
-    an earlier level's (the same stage on the same machine), each by its degrees of freedom, so
-    a noisy pair raises the bar smoothly instead of the pair's one df alone deciding it."""
-    sigma_s, df_s = spread(short)
-    sigma_l, df_l = spread(lender)
-    df = df_s + df_l
-    return math.sqrt((df_s * sigma_s**2 + df_l * sigma_l**2) / df), df
-
-
 def _median_variance(n: int) -> float:
     """Variance of a median of n runs, in units of one run's variance (pi/2 for large n)."""
     return 1.0 if n <= 2 else math.pi / 2 / n
@@ -193,12 +174,9 @@ def compare_levels(
     *,
     allow_noise_after: bool = True,
     prior: Prior | None = None,
-    noise_from: Sequence[float] = (),
 ) -> Judgement:
     """Is the level of `after` worse (or better) than that of `before`? Values in their units.
-    `prior`: the stage's measured run-to-run noise (rule 5 of the module docstring).
-    `noise_from`: another level of the same series whose spread stands in when `before` has
-    two points only and `after` too few to lend theirs (rule 3)."""
+    `prior`: the stage's measured run-to-run noise (rule 5 of the module docstring)."""
     nb, na = len(before), len(after)
     if not nb or not na:
         raise ValueError("both sides need at least one value")
@@ -226,21 +204,15 @@ def compare_levels(
 
     effect = statistics.median(logs_a) - statistics.median(logs_b)
     sigma, df = spread(logs_b)
-    reason, own = None, 0.0
+    reason = None
     if prior is not None and relative and (nb < MIN_BASELINE or df < 1 or prior.sigma > sigma):
         sigma, df = prior.sigma, prior.df
         reason = f"noise from {prior.source}"
     elif nb < MIN_BASELINE or df < 1:
         # One run is no level (it may be the outlier); two are, but their noise is not known.
-        # Borrowed noise is log-scale noise: only where every side has a relative scale.
-        lent = _log(noise_from) if relative and len(noise_from) >= MIN_BASELINE else None
         if nb >= 2 and allow_noise_after and na >= MIN_BASELINE:
             sigma, df = spread(logs_a)
             reason = f"noise from the {na} points after the change ({nb} before it)"
-        elif nb >= 2 and lent is not None and spread(lent)[1] >= 1:
-            sigma, df = pooled_spread(logs_b, lent)
-            own = PAIR_T * math.sqrt(2) * spread(logs_b)[0]
-            reason = f"noise from an earlier level of {len(noise_from)} points ({nb} before it)"
         else:
             return Judgement(
                 UNJUDGED,
@@ -254,7 +226,7 @@ def compare_levels(
         # the stage's own minimum effect, not the 1% every stage gets
         floor = max(prior.mde, math.log1p(MIN_EFFECT_MEASURED))
         reason = reason or f"minimum effect from {prior.source}"
-    bar = max(floor, NOISE_FLOOR * sigma, margin, own)
+    bar = max(floor, NOISE_FLOOR * sigma, margin)
     verdict = SAME
     if abs(effect) > bar:
         verdict = REGRESSED if effect * worse > 0 else IMPROVED
@@ -354,24 +326,42 @@ def latest(values: Sequence[float], worse: int, prior: Prior | None = None) -> J
     start, end = segs[-1]
     for i in range(len(segs) - 2, -1, -1):
         seg_start, seg_end = segs[i]
-        lender = next((s for s in reversed(segs[:i]) if s[1] - s[0] >= MIN_BASELINE), None)
-        lent = values[lender[0] : lender[1]] if lender else ()
-        judged = compare_levels(
-            values[seg_start:seg_end], values[start:end], worse, prior=prior, noise_from=lent
-        )
+        judged = compare_levels(values[seg_start:seg_end], values[start:end], worse, prior=prior)
+        if judged.verdict == UNJUDGED and i > 0:
+            wider = _with_the_level_before(
+                values, segs[i - 1][0], segs[i], (start, end), worse, prior
+            )
+            judged = wider or judged
         if not judged.changed:
             # Not a change that counts (or two short pieces no noise can be measured on): one
             # level, judged again against what came before it.
             start = seg_start
             continue
-        borrowed = judged.reason is not None and judged.reason.startswith("noise from an earlier")
-        return dataclasses.replace(
-            judged,
-            last_good=seg_end - 1,
-            first_bad=start,
-            noise_range=lender if borrowed else None,
-        )
+        return dataclasses.replace(judged, last_good=seg_end - 1, first_bad=start)
     return Judgement(SAME, before=statistics.median(values), after=statistics.median(values))
+
+
+def _with_the_level_before(
+    values: Sequence[float],
+    before_start: int,
+    short: tuple[int, int],
+    after: tuple[int, int],
+    worse: int,
+    prior: Prior | None,
+) -> Judgement | None:
+    """A level too short for its own noise (two points), when it is no change from the level
+    before it, belongs to that level: the runs after it are judged against both together.
+    Merging the newest run into the short level instead would hide it in that level's median
+    (an 8x cold-compile jump after 3.37, 3.37 vanished so). A short level that is a change of
+    its own is left as it was: the level before it knows nothing of its noise."""
+    earlier, level = values[before_start : short[0]], values[short[0] : short[1]]
+    if len(earlier) < MIN_BASELINE:
+        return None
+    joined = compare_levels(earlier, level, worse, allow_noise_after=False, prior=prior)
+    if joined.verdict != SAME:
+        return None
+    joined_values = values[before_start : short[1]]
+    return compare_levels(joined_values, values[after[0] : after[1]], worse, prior=prior)
 
 
 def baseline_at(values: Sequence[float], index: int, prior: Prior | None = None) -> list[float]:

@@ -53,8 +53,6 @@ class Finding:
     confirmed: bool | None = None
     confirmation: str | None = None
     prior: judge.Prior | None = None  # the stage's measured noise, when the judge used one
-    # the earlier level whose spread was the noise, when the baseline was too short for its own
-    noise_points: tuple[float, ...] = ()
 
     @property
     def stage(self) -> str:
@@ -242,7 +240,6 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
     derived = tuple((m.metric, m.now.change_pct) for m in changed if m is not lead)
     measured = [float(p.value) for p in lead.points if p.value is not None]
     baseline = tuple(measured[j.last_good - j.n_before + 1 : j.last_good + 1])
-    noise_points = tuple(measured[slice(*j.noise_range)]) if j.noise_range else ()
     return Finding(
         machine=source.machine,
         env=source.env,
@@ -256,7 +253,6 @@ def _finding(source: Source, family: str, members: list[_Series]) -> Finding | N
         new=new,
         baseline=baseline,
         prior=lead.prior,
-        noise_points=noise_points,
     )
 
 
@@ -304,12 +300,7 @@ def confirm(
         again = None
     if again is None:
         again = judge.compare_levels(
-            list(finding.baseline),
-            [value],
-            worse,
-            allow_noise_after=False,
-            prior=finding.prior,
-            noise_from=finding.noise_points,
+            list(finding.baseline), [value], worse, allow_noise_after=False, prior=finding.prior
         )
     if again.change_pct is not None:
         detail.insert(0, f"{again.change_pct:+.1f}%")
@@ -331,7 +322,7 @@ def _single_run_noise_pct(finding: Finding, good: list[float], bad: list[float])
     """The 99% bar, in %, for the difference of two single runs: one run's noise from the
     stage's measured prior or the history's spread, or from tonight's two rounds where those
     disagree more; None where no log-scale noise can be had."""
-    prior = finding.prior or _noise_of(list(finding.baseline), list(finding.noise_points))
+    prior = finding.prior or _noise_of(list(finding.baseline))
     sigma, df = (prior.sigma, prior.df) if prior else (0.0, 0)
     pairs = [p for p in (good[:2], bad[:2]) if len(p) == 2 and min(p) > 0]
     if pairs:  # a pair's log ratio has twice one run's variance
@@ -354,7 +345,6 @@ def drifted(finding: Finding, good_tonight: float) -> bool:
         worse_sign(finding.metric),
         allow_noise_after=False,
         prior=finding.prior,
-        noise_from=finding.noise_points,
     )
     return drift.verdict in (judge.REGRESSED, judge.IMPROVED)
 
@@ -367,17 +357,12 @@ def better(metric: str, a: float | None, b: float | None) -> float | None:
     return min(a, b) if worse_sign(metric) > 0 else max(a, b)
 
 
-def _noise_of(baseline: list[float], lender: list[float]) -> judge.Prior | None:
-    """One run's noise from the points before the change (pooled with the earlier level the
-    judge borrowed from, where it did), for judging two single runs; None where it cannot be
-    had (fewer than 2 points, zeros or negatives: no log scale)."""
+def _noise_of(baseline: list[float]) -> judge.Prior | None:
+    """One run's noise from the points before the change, for judging two single runs; None
+    where it cannot be had (fewer than 2 points, zeros or negatives: no log scale)."""
     if len(baseline) < 2 or min(baseline) <= 0:
         return None
-    logs = [math.log(v) for v in baseline]
-    if lender and min(lender) > 0:
-        sigma, df = judge.pooled_spread(logs, [math.log(v) for v in lender])
-    else:
-        sigma, df = judge.spread(logs)
+    sigma, df = judge.spread([math.log(v) for v in baseline])
     if df < 1 or not math.isfinite(sigma):
         return None
     return judge.Prior(sigma=sigma, df=df, source=f"the {len(baseline)} nights before the change")
