@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -112,6 +114,22 @@ def test_a_short_level_that_is_a_change_of_its_own_is_not_joined():
     assert (j.verdict, j.first_bad) == (judge.REGRESSED, 30)
 
 
+def test_a_jump_after_a_short_level_of_its_own_is_beyond_every_run_before_it():
+    """Last night's run was a level of its own (a 20% step, flagged, standing) and tonight
+    compiles cold: too few points to judge tonight against last night's level, so tonight is
+    judged against the range of every run before it, not merged away or masked as standing."""
+    values = [3.0, 3.1, 3.0, 3.0, 3.1, 3.6, 3.7, 30.0]
+    j = judge.latest(values, LOWER)
+    assert (j.verdict, j.test, j.last_good, j.first_bad) == (judge.REGRESSED, judge.RANGE, 6, 7)
+    assert j.before == pytest.approx(3.7) and j.n_before == 7
+    # Within the range's width beyond it: not a change by this test; the standing step is.
+    j = judge.latest([*values[:-1], 4.1], LOWER)
+    assert (j.verdict, j.test, j.first_bad) == (judge.REGRESSED, judge.LEVELS, 5)
+    assert judge.beyond_range(values[:-1], 4.1, LOWER).verdict == judge.SAME
+    assert judge.beyond_range(values[:-1], 2.0, LOWER).verdict == judge.IMPROVED
+    assert judge.beyond_range([3.0, 0.0, 3.0], 30.0, LOWER).verdict == judge.UNJUDGED
+
+
 def test_judgements_are_scale_free():
     small = judge.latest(series(4, 20, 0.01, 0.01, step_at=15, step=0.05), LOWER)
     large = judge.latest(series(4, 20, 1e6, 0.01, step_at=15, step=0.05), LOWER)
@@ -137,6 +155,24 @@ def test_a_wiggle_inside_the_noise_band_never_alarms():
 def test_values_without_a_relative_scale():
     assert judge.latest([0.0, 0.0, 0.0, 0.0, 3.0], LOWER).verdict == judge.REGRESSED
     assert judge.latest([0.0, 0.0, 0.0, 0.0, 0.0], LOWER).verdict == judge.SAME
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [27.5, -1.0, 2.0, 1e-310, 3.0, 0.0, 2.0],  # stdev of infinities raised
+        [-1.0, 5.0, 100.0, 1e-310, -1.0, 1.0],  # asv's solver looped forever on infinities
+        [-1e308, 1e308, -1e308, 1e308, 0.0, 1e-320],
+        [-1.7, 5e-324, 2.2, 0.0, 2.7, -6.4, 5e-324, 6.3],  # a level of 5e-324: no % of it
+    ],
+)
+def test_hand_edited_values_are_judged_not_a_crash_or_a_hang(values):
+    """Values no stage measures (a hand-edited result file): a verdict, in a child process so a
+    hang fails the test instead of the run."""
+    code = f"from stagebench import judge; print(judge.latest({values!r}, 1).verdict)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() in (judge.SAME, judge.REGRESSED, judge.IMPROVED, judge.UNJUDGED)
 
 
 def test_baseline_is_the_level_a_commit_belongs_to():

@@ -115,6 +115,16 @@ def test_a_jump_after_a_short_level_is_new_and_its_rerun_judged_against_the_same
     assert not regress.drifted(found, 3.36) and regress.drifted(found, 9.0)
 
 
+def test_a_jump_beyond_every_run_is_confirmed_by_the_same_test(tmp_path):
+    hashes = write_history(tmp_path, {FIRST_STEP: [3.0, 3.1, 3.0, 3.0, 3.1, 3.6, 3.7, 30.0]})
+    found = only(regress.check(tmp_path))
+    assert (found.good, found.bad, found.new) == (hashes[6], hashes[7], True)
+    assert found.judgement.test == "range" and len(found.baseline) == 7
+    assert regress.confirm(found, [29.0], [3.5]).confirmed
+    assert regress.confirm(found, [3.8], [3.5]).confirmed is False
+    assert not regress.drifted(found, 3.5) and regress.drifted(found, 9.0)
+
+
 def test_a_rerun_is_judged_against_the_good_commit_measured_the_same_night(tmp_path):
     steps = noisy(1, 12, 300.0, 0.005, step_at=11, step=0.20)
     write_history(tmp_path, speed_family(steps))

@@ -13,7 +13,10 @@ another) and the site, so the three never disagree on what is noise:
    against noise measured after the change. Only when that segment has two points (a level, but
    no noise estimate) is the noise of the segment after it used, and the judgement says so; or,
    when the segment after is too short too, the two points join the level before them if they
-   are no change from it. One point is no level at all.
+   are no change from it. One point is no level at all. Tonight's run after a piece still too
+   short to judge it by is judged against the range of every run before it (RANGE): beyond it
+   by more than its width is a change, with no noise model (merged into that piece, an 8x jump
+   vanished in its median).
 4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
    one-sided Student-t bound at CONFIDENCE (99%) for the difference of the two levels, so that
    few points of history need a larger change: with 3 points before, one new run must exceed
@@ -63,7 +66,9 @@ _T99 = {
 }  # fmt: skip
 _Z99 = 2.326
 
+_LARGEST_UNITS = 1e100  # values in units of their level beyond this are rescaled: no overflow
 REGRESSED, IMPROVED, SAME, UNJUDGED = "regressed", "improved", "same", "unjudged"
+LEVELS, RANGE = "levels", "range"  # what a judgement tested (Judgement.test)
 Z975 = 1.959964
 
 
@@ -123,6 +128,7 @@ class Judgement:
     bar_pct: float | None = None  # the smallest change that would have counted, %
     n_before: int = 0
     n_after: int = 0
+    test: str = "levels"  # LEVELS, or RANGE: the newest run beyond every run before it
 
     @property
     def changed(self) -> bool:
@@ -184,23 +190,25 @@ def compare_levels(
     base = Judgement(SAME, before=level_b, after=level_a, n_before=nb, n_after=na)
     logs_b, logs_a = _log(before), _log(after)
     relative = logs_b is not None and logs_a is not None  # a prior is log-scale noise
+    unit = 1.0  # the level before, in the units the values are divided into
     if not relative:
         # No relative scale (zeros, negatives): absolute differences, in units of the level when
         # it is not 0. A level of 0 with no noise (a count that was always 0) makes any change
         # count; a noisy one (0, 1, 0, 1 ...) keeps its noise bar.
-        scale = abs(level_b) or 1.0
+        scale = _linear_scale([*before, *after], level_b)
         logs_b = [v / scale for v in before]
         logs_a = [v / scale for v in after]
         if level_b == 0 and level_a != 0 and nb >= MIN_BASELINE and max(map(abs, before)) == 0:
             verdict = REGRESSED if (level_a - level_b) * worse > 0 else IMPROVED
             return Judgement(verdict, "a level of exactly 0 left", **_fields(base))
+        unit = abs(level_b) / scale
 
     def pct(x: float) -> float | None:
         """A change (or noise, or bar) in % of the level before: from a log ratio, or on the
         linear scale, in units of that level (none when the level is 0: no % of 0)."""
         if relative:
             return _pct(x)
-        return None if level_b == 0 else 100.0 * x
+        return None if level_b == 0 or unit == 0 else 100.0 * x / unit
 
     effect = statistics.median(logs_a) - statistics.median(logs_b)
     sigma, df = spread(logs_b)
@@ -221,7 +229,7 @@ def compare_levels(
                 **{k: v for k, v in _fields(base).items() if k != "change_pct"},
             )
     margin = t_quantile(df) * sigma * math.sqrt(_median_variance(nb) + _median_variance(na))
-    floor = (math.log1p(MIN_EFFECT) if relative else MIN_EFFECT) if level_b != 0 else 0.0
+    floor = (math.log1p(MIN_EFFECT) if relative else MIN_EFFECT * unit) if level_b != 0 else 0.0
     if prior is not None and relative:
         # the stage's own minimum effect, not the 1% every stage gets
         floor = max(prior.mde, math.log1p(MIN_EFFECT_MEASURED))
@@ -241,6 +249,17 @@ def compare_levels(
         n_before=nb,
         n_after=na,
     )
+
+
+def _linear_scale(values: Sequence[float], level: float) -> float:
+    """What values without a relative scale are divided by: their level (1 when it is 0), or
+    their largest magnitude where the quotients would be too large to square and subtract (a
+    hand-edited 1e-310 beside 100, or 1e308 beside -1e308, made asv's solver loop forever on
+    infinities and NaNs)."""
+    scale = abs(level) or 1.0
+    if max(abs(v) / scale for v in values) <= _LARGEST_UNITS:
+        return scale
+    return max(abs(v) for v in values)
 
 
 def _fields(j: Judgement) -> dict:
@@ -274,7 +293,7 @@ def segments(values: Sequence[float], prior: Prior | None = None) -> list[tuple[
     ys = _log(values)
     relative = ys is not None
     if ys is None:
-        scale = abs(statistics.median(values)) or 1.0
+        scale = _linear_scale(values, statistics.median(values))
         ys = [v / scale for v in values]
     sigma = point_noise(ys)
     if prior is not None and relative:
@@ -332,6 +351,12 @@ def latest(values: Sequence[float], worse: int, prior: Prior | None = None) -> J
                 values, segs[i - 1][0], segs[i], (start, end), worse, prior
             )
             judged = wider or judged
+        if judged.verdict == UNJUDGED and start == n - 1:
+            # Tonight's run against a piece too short to judge it by: merged into that piece it
+            # would vanish in its median (and a flagged piece would mask it as "standing").
+            judged = beyond_range(values[:-1], values[-1], worse)
+            if judged.changed:
+                return dataclasses.replace(judged, last_good=n - 2, first_bad=n - 1)
         if not judged.changed:
             # Not a change that counts (or two short pieces no noise can be measured on): one
             # level, judged again against what came before it.
@@ -362,6 +387,35 @@ def _with_the_level_before(
         return None
     joined_values = values[before_start : short[1]]
     return compare_levels(joined_values, values[after[0] : after[1]], worse, prior=prior)
+
+
+def beyond_range(past: Sequence[float], value: float, worse: int) -> Judgement:
+    """Is `value` beyond every run of `past` by more than their whole spread (log scale, and at
+    least MIN_EFFECT)? No noise model: for a run after a level too short to have noise, it
+    assumes only that the past's range covers its noise; a history that moved a lot needs a
+    large jump. `before` is the bound it passed."""
+    logs = _log([*past, value])
+    if logs is None or len(past) < MIN_BASELINE:
+        why = "no relative scale" if logs is None else f"{len(past)} runs before it"
+        return Judgement(UNJUDGED, why, test=RANGE)
+    lo, hi, y = min(logs[:-1]), max(logs[:-1]), logs[-1]
+    width = max(hi - lo, math.log1p(MIN_EFFECT))
+    bound = hi if y > hi else lo
+    effect = y - bound
+    verdict = SAME
+    if abs(effect) > width:
+        verdict = REGRESSED if effect * worse > 0 else IMPROVED
+    return Judgement(
+        verdict,
+        f"beyond every one of the {len(past)} runs before it by more than their spread",
+        before=math.exp(bound),
+        after=value,
+        change_pct=_pct(effect),
+        bar_pct=_pct(width),
+        n_before=len(past),
+        n_after=1,
+        test=RANGE,
+    )
 
 
 def baseline_at(values: Sequence[float], index: int, prior: Prior | None = None) -> list[float]:

@@ -299,9 +299,7 @@ def confirm(
     else:
         again = None
     if again is None:
-        again = judge.compare_levels(
-            list(finding.baseline), [value], worse, allow_noise_after=False, prior=finding.prior
-        )
+        again = _against_history(finding, value)
     if again.change_pct is not None:
         detail.insert(0, f"{again.change_pct:+.1f}%")
     text = f"a re-run measured {value:.4g}" + (f" ({'; '.join(detail)})" if detail else "")
@@ -339,14 +337,17 @@ def drifted(finding: Finding, good_tonight: float) -> bool:
     machine slower or faster tonight, or a burst of load on that one run)?"""
     if finding.metric == OK_METRIC or not finding.baseline:
         return False
-    drift = judge.compare_levels(
-        list(finding.baseline),
-        [good_tonight],
-        worse_sign(finding.metric),
-        allow_noise_after=False,
-        prior=finding.prior,
+    return _against_history(finding, good_tonight).changed
+
+
+def _against_history(finding: Finding, value: float) -> judge.Judgement:
+    """One run judged by the test that found the finding, against the same points."""
+    worse = worse_sign(finding.metric)
+    if finding.judgement.test == judge.RANGE:
+        return judge.beyond_range(finding.baseline, value, worse)
+    return judge.compare_levels(
+        list(finding.baseline), [value], worse, allow_noise_after=False, prior=finding.prior
     )
-    return drift.verdict in (judge.REGRESSED, judge.IMPROVED)
 
 
 def better(metric: str, a: float | None, b: float | None) -> float | None:
