@@ -122,11 +122,13 @@ def test_a_jump_after_a_short_level_of_its_own_is_beyond_every_run_before_it():
     j = judge.latest(values, LOWER)
     assert (j.verdict, j.test, j.last_good, j.first_bad) == (judge.REGRESSED, judge.RANGE, 6, 7)
     assert j.before == pytest.approx(3.7) and j.n_before == 7
-    # Within the range's width beyond it: not a change by this test; the standing step is.
+    # Less than twice the range's width beyond it: not a change by this test; the standing step
+    # is.
     j = judge.latest([*values[:-1], 4.1], LOWER)
     assert (j.verdict, j.test, j.first_bad) == (judge.REGRESSED, judge.LEVELS, 5)
     assert judge.beyond_range(values[:-1], 4.1, LOWER).verdict == judge.SAME
-    assert judge.beyond_range(values[:-1], 2.0, LOWER).verdict == judge.IMPROVED
+    assert judge.beyond_range(values[:-1], 5.5, LOWER).verdict == judge.SAME  # 1.9 widths
+    assert judge.beyond_range(values[:-1], 1.5, LOWER).verdict == judge.IMPROVED
     assert judge.beyond_range([3.0, 0.0, 3.0], 30.0, LOWER).verdict == judge.UNJUDGED
 
 

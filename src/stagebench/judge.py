@@ -15,7 +15,7 @@ another) and the site, so the three never disagree on what is noise:
    when the segment after is too short too, the two points join the level before them if they
    are no change from it. One point is no level at all. Tonight's run after a piece still too
    short to judge it by is judged against the range of every run before it (RANGE): beyond it
-   by more than its width is a change, with no noise model (merged into that piece, an 8x jump
+   by more than twice its width is a change, with no noise model (merged into that piece, an 8x jump
    vanished in its median).
 4. It counts when it clears every bar: MIN_EFFECT (1%), NOISE_FLOOR times one run's noise, and a
    one-sided Student-t bound at CONFIDENCE (99%) for the difference of the two levels, so that
@@ -69,6 +69,9 @@ _Z99 = 2.326
 _LARGEST_UNITS = 1e100  # values in units of their level beyond this are rescaled: no overflow
 REGRESSED, IMPROVED, SAME, UNJUDGED = "regressed", "improved", "same", "unjudged"
 LEVELS, RANGE = "levels", "range"  # what a judgement tested (Judgement.test)
+# RANGE: how many widths of the earlier runs' range a run must lie beyond it. One let a noisier
+# new level's second run (10 -> 16 -> 27 at 20% noise) alarm one night in five.
+RANGE_WIDTHS = 2.0
 Z975 = 1.959964
 
 
@@ -390,16 +393,16 @@ def _with_the_level_before(
 
 
 def beyond_range(past: Sequence[float], value: float, worse: int) -> Judgement:
-    """Is `value` beyond every run of `past` by more than their whole spread (log scale, and at
-    least MIN_EFFECT)? No noise model: for a run after a level too short to have noise, it
-    assumes only that the past's range covers its noise; a history that moved a lot needs a
-    large jump. `before` is the bound it passed."""
+    """Is `value` beyond every run of `past` by more than RANGE_WIDTHS times their whole spread
+    (log scale, a spread of at least MIN_EFFECT)? No noise model: for a run after a level too
+    short to have noise, it assumes only that the past's range covers its noise; a history that
+    moved a lot needs a large jump. `before` is the bound it passed."""
     logs = _log([*past, value])
     if logs is None or len(past) < MIN_BASELINE:
         why = "no relative scale" if logs is None else f"{len(past)} runs before it"
         return Judgement(UNJUDGED, why, test=RANGE)
     lo, hi, y = min(logs[:-1]), max(logs[:-1]), logs[-1]
-    width = max(hi - lo, math.log1p(MIN_EFFECT))
+    width = RANGE_WIDTHS * max(hi - lo, math.log1p(MIN_EFFECT))
     bound = hi if y > hi else lo
     effect = y - bound
     verdict = SAME
@@ -407,7 +410,7 @@ def beyond_range(past: Sequence[float], value: float, worse: int) -> Judgement:
         verdict = REGRESSED if effect * worse > 0 else IMPROVED
     return Judgement(
         verdict,
-        f"beyond every one of the {len(past)} runs before it by more than their spread",
+        f"beyond every one of the {len(past)} runs before it by more than twice their spread",
         before=math.exp(bound),
         after=value,
         change_pct=_pct(effect),
