@@ -131,7 +131,7 @@ class Judgement:
     bar_pct: float | None = None  # the smallest change that would have counted, %
     n_before: int = 0
     n_after: int = 0
-    test: str = "levels"  # LEVELS, or RANGE: the newest run beyond every run before it
+    test: str = LEVELS  # or RANGE: the newest run beyond every run before it
 
     @property
     def changed(self) -> bool:
@@ -410,7 +410,8 @@ def beyond_range(past: Sequence[float], value: float, worse: int) -> Judgement:
         verdict = REGRESSED if effect * worse > 0 else IMPROVED
     return Judgement(
         verdict,
-        f"beyond every one of the {len(past)} runs before it by more than twice their spread",
+        f"beyond every one of the {len(past)} runs before it by more than "
+        f"{RANGE_WIDTHS:g}x their spread",
         before=math.exp(bound),
         after=value,
         change_pct=_pct(effect),
