@@ -181,6 +181,11 @@ def test_baseline_is_the_level_a_commit_belongs_to():
     values = [10.0, 10.1, 9.9, 10.0, 20.0, 20.2, 19.8, 20.1]
     assert judge.baseline_at(values, 6) == [20.0, 20.2, 19.8]
     assert judge.baseline_at(values, 3) == [10.0, 10.1, 9.9, 10.0]
+    # A short piece at the end: joined to the level before it when it is no change from it
+    # (what `regressions` does), left alone when it is one.
+    warm = [3.04, 3.03, 3.14, 3.37, 3.37]
+    assert judge.baseline_at(warm, 4) == warm
+    assert judge.baseline_at(values[:6], 5) == [20.0, 20.2]
 
 
 def test_two_runs_with_their_own_confidence():

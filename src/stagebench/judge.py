@@ -383,13 +383,19 @@ def _with_the_level_before(
     (an 8x cold-compile jump after 3.37, 3.37 vanished so). A short level that is a change of
     its own is left as it was: the level before it knows nothing of its noise."""
     earlier, level = values[before_start : short[0]], values[short[0] : short[1]]
-    if len(earlier) < MIN_BASELINE:
-        return None
-    joined = compare_levels(earlier, level, worse, allow_noise_after=False, prior=prior)
-    if joined.verdict != SAME:
+    if not _belongs_to(earlier, level, prior):
         return None
     joined_values = values[before_start : short[1]]
     return compare_levels(joined_values, values[after[0] : after[1]], worse, prior=prior)
+
+
+def _belongs_to(earlier: Sequence[float], piece: Sequence[float], prior: Prior | None) -> bool:
+    """Is a piece too short for its own noise no change from the level before it, judged with
+    that level's noise (which needs MIN_BASELINE points)?"""
+    if len(earlier) < MIN_BASELINE:
+        return False
+    judged = compare_levels(earlier, piece, 1, allow_noise_after=False, prior=prior)
+    return judged.verdict == SAME
 
 
 def beyond_range(past: Sequence[float], value: float, worse: int) -> Judgement:
@@ -423,9 +429,15 @@ def beyond_range(past: Sequence[float], value: float, worse: int) -> Judgement:
 
 
 def baseline_at(values: Sequence[float], index: int, prior: Prior | None = None) -> list[float]:
-    """The points of the level that `values[index]` belongs to, up to and including it."""
+    """The points of the level that `values[index]` belongs to, up to and including it. A piece
+    too short for its own noise that is no change from the level before it belongs to that
+    level (rule 3), so `compare` and the site judge against what `regressions` would."""
     segs = segments(values[: index + 1], prior)
     start, end = segs[-1]
+    if end - start < MIN_BASELINE and len(segs) > 1:
+        before_start = segs[-2][0]
+        if _belongs_to(values[before_start:start], values[start:end], prior):
+            start = before_start
     return list(values[start:end])
 
 
