@@ -38,8 +38,8 @@ mkdir -p "$workspace/.asv/results" "$cache_root/inductor" "$cache_root/huggingfa
 # PYTHONPATH puts the checkout's stagebench ahead of the copy baked into the image, whose
 # tag only follows docker/Dockerfile and the lock. asv's virtualenv environments replace
 # PYTHONPATH with ASV_PYTHONPATH in their benchmark processes, its existing ones pass both on,
-# so both are set (noxfile's _asv_run_commit puts a measured commit's src/ first in each). The full Results
-# (status words, reasons) are stored beside asv's results, which the nightly keeps.
+# so both are set (noxfile's _asv_run_commit puts a measured commit's src/ first in each). The
+# full Results (status words, reasons) are stored beside asv's results, which the nightly keeps.
 # .git is mounted read-only over the writable checkout: asv only reads it, and a hook or config
 # written there would run on the host at the runner's next git command.
 exec docker run --rm --init \

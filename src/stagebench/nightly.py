@@ -434,15 +434,15 @@ def _remeasure(report, head: str, out: Path, env: dict) -> None:
         if store.is_file():
             shutil.copyfile(store, copy)
         env = {**env, "STAGEBENCH_STORE": str(copy)}
-        first: dict = {}
+        # Each measure() returns every value in `out` so far: the last call of a round holds it.
         for good, findings in sorted(goods.items()):
-            first = measure(findings, good)
+            measure(findings, good)
         first = measure(report.new)
         off = [f for fs in goods.values() for f in fs if _good_drifted(f, first)]
         second: dict = {}
-        for good in sorted({f.good for f in off}):
-            second = measure([f for f in off if f.good == good], good)
         if off:
+            for good in sorted({f.good for f in off}):
+                measure([f for f in off if f.good == good], good)
             second = measure(off)
     confirmed = []
     for f in report.regressions:
