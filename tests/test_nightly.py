@@ -253,7 +253,11 @@ def test_the_failure_alarm_names_stage_metric_and_range(nights):
     previous = nights["nights"][FAILURE_NIGHT - 2]
     assert "### `Stage_00_sdpa`: ok->failed" in night.alarm
     assert "failed again on a re-run" in night.alarm
-    (finding,) = [f for f in night.judged["regressions"] if f["new"]]
+    # One alarm; any other new finding of that night (load on a busy machine) was refuted by
+    # its re-measure, so it is reported, not alarmed.
+    new = night.judged["regressions"]
+    (finding,) = [f for f in new if f["new"] and f["confirmed"] is not False]
+    assert all(f["confirmed"] is False for f in new if f["new"] and f is not finding)
     assert (finding["good"], finding["bad"]) == (previous.head, night.head)
     assert finding["benchmark"] == "stages.Stage_00_sdpa.track_ok"
     assert night.planted[:7] in night.alarm  # the range's commits are listed
