@@ -172,6 +172,27 @@ def test_tracks_read_the_result(suite):
     assert math.isnan(bench.track_mfu(result))  # no peak known: n/a, not a made-up number
 
 
+def test_the_floor_is_tracked_from_the_samples_and_is_n_a_without_them(suite):
+    bench = suite["Stage_02_liger_sdpa"]()
+    assert bench.track_step_floor_ms.unit == "ms"
+    steps = [float(v) for v in range(330, 341)]  # 11 steps: the floor is the second, 331
+    result = _result(
+        "ok", step_time_ms_median=335.0, samples={"warmup_ms": [], "measured_ms": steps}
+    )
+    assert bench.track_step_floor_ms(result) == pytest.approx(331.0)
+    assert bench.track_step_time_ms(result) == 335.0
+    older = _result("ok", step_time_ms_median=335.0)  # a Result without samples
+    assert math.isnan(bench.track_step_floor_ms(older))  # n/a, like an MFU without a peak
+
+
+def test_the_floor_is_judged_lower_is_better_in_a_family_of_its_own():
+    from stagebench.metrics import FAMILY_LEAD, family_of, worse_sign
+
+    assert worse_sign("step_floor_ms") == 1
+    assert family_of("step_floor_ms") == "floor" != family_of("step_time_ms")
+    assert FAMILY_LEAD["floor"] == "step_floor_ms"
+
+
 def test_failed_stage_tracks_zero_ok_and_fails_metrics_with_the_reason(suite):
     bench = suite["Stage_00_baseline"]()
     result = {"status": "oom", "reason": "CUDA out of memory", "metrics": None}

@@ -16,8 +16,8 @@ from asv_history import (
     write_history,
 )
 
-from stagebench import cli, results
-from stagebench.results import Metrics, Result
+from stagebench import cli, compare, results
+from stagebench.results import Metrics, Result, Samples
 from stagebench.workload import Workload
 
 
@@ -29,6 +29,7 @@ def _result(
     mfu: float = 35.0,
     reserved: float = 70.0,
     workload: dict | None = None,
+    steps: list[float] | None = None,
 ) -> Result:
     metrics = None
     if status == "ok":
@@ -59,6 +60,7 @@ def _result(
             peak_reserved_gib=reserved,
             n_params=8_190_735_360,
             attention_impl="sdpa",
+            samples=None if steps is None else Samples(warmup_ms=[], measured_ms=steps),
         )
     return Result(
         stage=stage,
@@ -93,6 +95,41 @@ def test_result_sets_flag_a_slowdown_beyond_both_runs_ci(tmp_path, capsys):
     mfu = next(line for line in out.splitlines() if "| mfu |" in line)
     assert "(regressed, derived)" in mfu  # one finding, not five
     assert "1 significant regression(s)" in out
+
+
+def _bimodal(floor: float, slow: int) -> list[float]:
+    """20 steps: 20 - slow at the floor (+0 to 0.95 ms), `slow` with a 30 ms host gap."""
+    return [floor + i / 20 + (30.0 if i % 20 < slow else 0.0) for i in range(20)]
+
+
+def test_result_sets_judge_the_floor_as_a_finding_of_its_own(tmp_path, capsys):
+    """The floor is judged against both runs' own CIs of the floor (as the median against its
+    own). More slow host steps move the median, not the floor; a slower kernel moves the floor."""
+    before = _bimodal(300.0, 4)
+    hosty, kernel = _bimodal(300.0, 12), _bimodal(306.0, 4)
+    a, b = _files(
+        tmp_path,
+        [_result("00_sdpa", steps=before), _result("02_liger_sdpa", steps=before)],
+        [_result("00_sdpa", steps=hosty), _result("02_liger_sdpa", steps=kernel)],
+    )
+    rows = {(r.benchmark, r.metric): r for r in compare.result_sets(a, b)}
+    floor = rows[("00_sdpa", "step_floor_ms")]
+    assert floor.verdict == "same" and floor.lead
+    assert floor.noise_pct is not None and 0 < floor.noise_pct < 0.5  # the floor's CIs
+    assert floor.note is None or "minimum effect alone" not in floor.note
+    moved = rows[("02_liger_sdpa", "step_floor_ms")]
+    assert moved.verdict == "regressed" and moved.lead  # its own finding, not speed's
+    assert moved.change_pct == pytest.approx(2.0, abs=0.01)
+    assert compare.regressed(list(rows.values())) == 1
+
+
+def test_result_sets_without_samples_leave_the_floor_unjudged(tmp_path, capsys):
+    a, b = _files(tmp_path, [_result("00_sdpa")], [_result("00_sdpa", step_ms=330.0, mfu=31.8)])
+    rows = {r.metric: r for r in compare.result_sets(a, b)}
+    assert rows["step_floor_ms"].verdict == "unjudged" and rows["step_floor_ms"].note == (
+        "not measured"
+    )
+    assert rows["step_time_ms"].verdict == "regressed"
 
 
 def test_result_sets_within_noise_are_the_same(tmp_path, capsys):

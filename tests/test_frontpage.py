@@ -12,6 +12,7 @@ from test_compare import _result
 from stagebench import PROTOCOL_VERSION, frontpage, noise, results, site
 
 SEED_MFU = "stages.Stage_00_sdpa.track_seed_mfu"
+FLOOR = "stages.Stage_00_sdpa.track_step_floor_ms"
 
 
 def _history(tmp_path, steps: list[float], ok: list[float] | None = None) -> list[str]:
@@ -55,6 +56,17 @@ def test_a_row_shows_the_latest_night_beside_the_previous_and_the_baseline(tmp_p
     assert 'href="asv.html#stages.Stage_00_sdpa.track_step_time_ms"' in page
     assert 'class="regressed"' in page and "nox -s bisect --" in page  # the alarm's command
     assert "<svg" in page  # a trend line
+
+
+def test_a_regression_shows_even_where_another_family_improved(tmp_path):
+    """The floor dropping (a faster kernel) while the median rose (more host gaps): the row
+    shows the regression, not the improvement."""
+    steps = [300.0, 301.0, 299.0, 300.5, 300.0, 330.0]
+    floor = [290.0, 290.5, 289.5, 290.2, 290.0, 260.0]
+    hashes = write_history(tmp_path, {STEP_TIME: steps, FLOOR: floor, OK: [1.0] * len(steps)})
+    _store(tmp_path, hashes[-1], step_ms=330.0)
+    page, _ = frontpage.render(tmp_path)
+    assert re.search(r'<tr class="regressed"><td class="stage">00_sdpa</td>', page), page[:3000]
 
 
 def test_a_failed_stage_is_explained_in_its_row(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fake_disk import FakeDisk, fill, tiny_tmpfs
 
-from stagebench import results
+from stagebench import results, stats
 from stagebench.results import (
     CompileMetrics,
     DistributedMetrics,
@@ -208,6 +208,40 @@ def test_compile_counts_round_trip():
     assert results.metric_value(as_json, "step_time_ms_median") == 101.5
     assert results.metric_value(make_result(metrics=make_metrics()).to_dict()["metrics"],
                                 "recompiles") is None  # fmt: skip
+
+
+def test_the_floor_is_derived_from_the_samples_and_never_stored():
+    """A property of Metrics (no schema bump), computed as asv's setup_cache JSON is too."""
+    measured = [float(v) for v in range(300, 311)]  # 11 steps: the floor is the second, 301
+    original = make_result(metrics=make_metrics(samples=Samples([400.0], measured)))
+    assert original.metrics.step_time_ms_floor == pytest.approx(301.0)
+    as_json = original.to_dict()["metrics"]
+    assert "step_time_ms_floor" not in as_json
+    assert results.metric_value(as_json, "step_time_ms_floor") == pytest.approx(301.0)
+    back = Result.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert back == original and back.metrics.step_time_ms_floor == pytest.approx(301.0)
+
+
+@pytest.mark.parametrize("samples", [None, Samples(warmup_ms=[400.0], measured_ms=[])])
+def test_no_samples_no_floor(samples):
+    """A Result before schema 4 (or with no measured step) has no floor: None, not a crash."""
+    metrics = make_metrics(samples=samples)
+    assert metrics.step_time_ms_floor is None
+    as_json = make_result(metrics=metrics).to_dict()["metrics"]
+    assert results.metric_value(as_json, "step_time_ms_floor") is None
+    as_json.pop("samples")  # a schema 1-3 line has no key at all
+    assert results.metric_value(as_json, "step_time_ms_floor") is None
+
+
+def test_each_family_s_own_ci_of_its_run():
+    """Speed: the median's CI as measured; floor: the floor's, from the samples; else None."""
+    measured = [300.0 + (i % 5) * 0.1 for i in range(30)]
+    metrics = make_metrics(samples=Samples([400.0], measured))
+    assert metrics.ci95_pct_of("speed") == metrics.step_time_ci95_pct
+    assert metrics.ci95_pct_of("floor") == stats.floor_ci95_pct(measured)
+    assert metrics.ci95_pct_of("memory") is None and metrics.ci95_pct_of("first_step") is None
+    assert make_metrics(samples=None).ci95_pct_of("floor") is None
+    assert set(results.WITHIN_RUN_CI_FAMILIES) == {"speed", "floor"}
 
 
 def test_compile_counts_without_fallbacks_are_not_flagged():

@@ -1,4 +1,5 @@
-"""Step-time statistics: median, IQR, the median's order-statistic CI, the seed's window."""
+"""Step-time statistics: median, IQR, the median's order-statistic CI, the floor, the seed's
+window."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import random
 
 import pytest
 
-from stagebench.stats import best_window_mean, median_ci95, summarize
+from stagebench.stats import (
+    best_window_mean,
+    floor_ci95_pct,
+    median_ci95,
+    step_floor,
+    summarize,
+)
 
 
 def test_summarize_known_data():
@@ -67,3 +74,39 @@ def test_summarize_empty_raises():
     """Summarizing nothing is a bug upstream; it must not return a made-up summary."""
     with pytest.raises(ValueError, match="no measured values"):
         summarize([])
+
+
+def test_the_floor_is_the_10th_percentile_of_the_steps():
+    """Inclusive method: position 1 + (n - 1) / 10 of the sorted steps, interpolated."""
+    assert step_floor([float(v) for v in range(1, 12)]) == pytest.approx(2.0)  # 11 steps
+    assert step_floor([5.0, 1.0, 3.0]) == pytest.approx(1.4)  # 1 + 0.2 x (3 - 1)
+    assert step_floor([7.5]) == 7.5  # one step is its own floor
+    with pytest.raises(ValueError, match="no measured values"):
+        step_floor([])
+
+
+def test_the_floor_ignores_how_often_a_slow_host_mode_comes():
+    """Steps of 330 ms with a slower 360 ms mode: the median follows the share of slow steps,
+    the floor stays on the device-bound work, and one lucky step does not move it."""
+    rng = random.Random(0)
+    for slow_share in (0.1, 0.4, 0.6):
+        steps = [330.0 + rng.random() + (30.0 if rng.random() < slow_share else 0.0)
+                 for _ in range(60)]  # fmt: skip
+        assert 330.0 <= step_floor(steps) < 331.0
+    steps = [330.0 + i / 60 for i in range(60)]
+    assert step_floor([*steps[1:], 300.0]) == pytest.approx(step_floor(steps), rel=2e-3)
+
+
+def test_the_floor_ci_spans_the_order_statistics_around_the_10th_percentile():
+    # 60 steps: the interval runs from the 1st to the 12th smallest (n p = 6, +- 1.96 x 2.32).
+    steps = [100.0 + i for i in range(60)]
+    floor = step_floor(steps)  # 105.9
+    assert floor_ci95_pct(steps) == pytest.approx(100 * (111.0 - 100.0) / 2 / floor)
+    assert floor_ci95_pct(list(reversed(steps))) == floor_ci95_pct(steps)  # order-free
+
+
+def test_the_floor_ci_needs_ten_steps_and_narrows_where_the_floor_is_sharp():
+    assert floor_ci95_pct([100.0 + i for i in range(9)]) is None
+    assert floor_ci95_pct([100.0 + i for i in range(10)]) is not None
+    sharp = [330.0 + (i % 4) * 0.5 for i in range(40)] + [360.0 + i for i in range(20)]
+    assert floor_ci95_pct(sharp) < 0.5  # a floor many steps share: a tight interval

@@ -604,7 +604,8 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
     console.print(
         "sigma: one run's spread of the per-process median (log scale); MDE95: the smallest "
         "difference of two single nightly runs that is significant at 95%; within-run CI: "
-        "the runs' own 95% CI of their median, which misses what differs between processes.",
+        "the runs' own 95% CI of their median, which misses what differs between processes; "
+        "floor: the same for each run's 10th-percentile step (the device-bound work).",
         highlight=False,
     )
     if unstored:  # the Results themselves went to stderr as they ended

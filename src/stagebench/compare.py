@@ -3,9 +3,10 @@
 Commits: each series' value at the second commit is judged against the level the first commit
 belongs to (its segment of history up to it), with that segment's own noise; fewer than
 judge.MIN_BASELINE points there and the row says so instead of guessing.
-Result sets: the two runs' own 95% confidence half-widths of the median step time, added, are
-the noise of the speed family; memory is judged by the minimum effect alone; a first-step time is
-one value per run, so it is shown, not judged. Stages must have run the same workload.
+Result sets: the two runs' own 95% confidence half-widths of the median step time (of the
+step-time floor), added, are the noise of the speed (floor) family; memory is judged by the
+minimum effect alone; a first-step time is one value per run, so it is shown, not judged.
+Stages must have run the same workload.
 `FILE#STAGE` on either side picks one stage, so two different stages can be compared (a side
 without a selector takes the other side's stage); `#` because specs hold `:` and `=`.
 Metrics of one family are one finding (see regress.py); ok -> failed always counts.
@@ -265,7 +266,6 @@ def pair_rows(pairs: list[Pair], a: Path, b: Path) -> list[Row]:
         rows.append(Row(stage, OK_METRIC, *ok, None, None, None, verdict, note))
         if ra.metrics is None or rb.metrics is None:
             continue
-        cis = [_ci(m.step_time_ci95_pct) for m in (ra.metrics, rb.metrics)]
         for metric in METRICS.values():
             va = _number(getattr(ra.metrics, metric.key))
             vb = _number(getattr(rb.metrics, metric.key))
@@ -278,7 +278,10 @@ def pair_rows(pairs: list[Pair], a: Path, b: Path) -> list[Row]:
                 j = judge.Judgement(judge.UNJUDGED, "one value per run: no noise to judge by",
                                     before=va, after=vb, change_pct=j.change_pct)  # fmt: skip
             else:
-                noise = sum(cis) if metric.family == "speed" and None not in cis else None
+                # Speed and the floor: both runs' own CIs of the median or the floor, added;
+                # memory has none and is judged by the minimum effect alone, as its row says.
+                cis = [_ci(m.ci95_pct_of(metric.family)) for m in (ra.metrics, rb.metrics)]
+                noise = None if None in cis else sum(c for c in cis if c is not None)
                 j = judge.compare_runs(va, vb, metric.worse, noise)
             rows.append(_row(stage, metric.name, j))
     return _mark_derived(rows)

@@ -65,7 +65,7 @@ class Trial:
     status: str  # the Result's status, or "incompatible" (no overlay, or an import fails)
     reason: str | None = None
     value: float | None = None  # the bisected metric
-    ci_pct: float | None = None  # the run's 95% CI half-width of the median step time, %
+    ci_pct: float | None = None  # the run's 95% CI half-width of the median (floor) step time, %
     changed: list[str] = field(default_factory=list)  # what the overlay changed vs the base
     wall_s: float = 0.0  # overlay build and the run
     verdict: str = ""  # good, bad, incompatible, skipped
@@ -139,9 +139,11 @@ def judge_pair(before: Trial, after: Trial, metric: Metric) -> Change:
         text = f"{metric.name} not measured on both sides"
         return Change(None, metric.name, text, judged=False)
     noise = None
-    if metric.family == "speed":  # the two runs' own 95% CI half-widths, added (compare.py)
+    # The two runs' own 95% CI half-widths of the median or the floor, added (compare.py);
+    # memory is judged by the minimum effect alone, as the text says.
+    if metric.family in results.WITHIN_RUN_CI_FAMILIES:
         if before.ci_pct is None or after.ci_pct is None:
-            text = f"{metric.name}: no confidence interval (under 6 measured steps; --min-steps)"
+            text = f"{metric.name}: no confidence interval (too few measured steps; --min-steps)"
             return Change(None, metric.name, text, judged=False)
         noise = before.ci_pct + after.ci_pct
     j = judge.compare_runs(before.value, after.value, metric.worse, noise)
@@ -654,7 +656,7 @@ class Measurer:
             result.status,
             result.reason,
             metric_value(result, self.metric),
-            m.step_time_ci95_pct if m else None,
+            m.ci95_pct_of(self.metric.family) if m else None,
             result=result,
         )
 
@@ -690,7 +692,7 @@ def rows(outcome: Outcome) -> list[list[str]]:
         if (
             t.value is not None
             and t.ci_pct is not None
-            and METRICS[outcome.metric].family == "speed"
+            and METRICS[outcome.metric].family in results.WITHIN_RUN_CI_FAMILIES
         ):
             value += f" ±{t.ci_pct:.0f}%"
         verdict = t.verdict + (f" ({t.note})" if t.verdict == SKIPPED and t.note else "")

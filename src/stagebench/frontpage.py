@@ -107,7 +107,7 @@ def rows_for(
         lead = metrics.get("step_time_ms", [])
         measured = [float(p.value) for p in lead if p.value is not None]
         noise = None
-        prior = (priors or {}).get((asv_class, "speed"))
+        prior = (priors or {}).get((asv_class, "speed"))  # the noise shown is the step time's
         if len(measured) >= judge.MIN_BASELINE + 1:
             level = judge.baseline_at(measured[:-1], len(measured) - 2, prior)
             sigma, df = judge.spread([math.log(v) for v in level if v > 0])
@@ -314,8 +314,10 @@ def render(
     stored = _stage_names(store)
     try:
         report = regress.check(results_dir, order=order)
-        found = {stage_class_of(f.benchmark): f for f in report.regressions}
-        found.update({stage_class_of(f.benchmark): f for f in report.improvements})
+        # One finding per row: a regression of any family wins over an improvement of another
+        # (the floor can drop while the median rises: the row must still show the regression).
+        found = {stage_class_of(f.benchmark): f for f in report.improvements}
+        found.update({stage_class_of(f.benchmark): f for f in report.regressions})
     except regress.CannotJudge:
         found = {}
     log = read_log(results_dir)

@@ -142,6 +142,8 @@ def divergences(
         step_c = _value(canary, f"{cls}.track_step_time_ms", commit)
         if not (step_l and step_c and step_l > 0 and step_c > 0):
             continue
+        # The lanes compare what users feel, the median; the floor is judged in each lane's own
+        # history (regress), not across lanes.
         prior = (priors or {}).get((cls, "speed"))
         if prior is not None:
             j = judge.compare_levels([step_l], [step_c], 1, prior=prior)

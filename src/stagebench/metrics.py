@@ -33,6 +33,9 @@ METRICS: dict[str, Metric] = {
         Metric("tflops", "TFLOPS", "tflops", "higher", "speed"),
         Metric("mfu", "%", "mfu_pct", "higher", "speed"),
         Metric("seed_mfu", "%", "seed_mfu_pct", "higher", "speed"),
+        # The 10th percentile of the measured steps (stats.step_floor): the device-bound work,
+        # which host delays do not move. Its own family: its own noise, judged on its own.
+        Metric("step_floor_ms", "ms", "step_time_ms_floor", "lower", "floor"),
         Metric("first_step_s", "s", "first_step_s", "lower", "first_step"),
         Metric("peak_reserved_gib", "GiB", "peak_reserved_gib", "lower", "memory"),
         # torch.compile's fallbacks: graph breaks and recompiles during the stage. A count that
@@ -46,6 +49,7 @@ OK_METRIC = "ok"
 # The metric a family's finding is named by (the raw measurement the others derive from).
 FAMILY_LEAD = {
     "speed": "step_time_ms",
+    "floor": "step_floor_ms",
     "first_step": "first_step_s",
     "memory": "peak_reserved_gib",
     "compile": "graph_breaks",

@@ -6,7 +6,8 @@ Per (machine, environment) and benchmark, over its points in commit-date order:
   short. Only series measured at their newest commit are judged.
 - `track_ok` is not noisy: a regression is a latest run that failed (0) after one that was ok.
 - metrics computed from one measurement (step time, tokens/s, TFLOPS, both MFUs all come from the
-  median step time) are one finding, named by the family's lead metric, the others listed.
+  median step time) are one finding, named by the family's lead metric, the others listed. The
+  step-time floor (10th percentile) is a family of its own, judged with its own noise record.
 - a finding is `new` when the history without its newest commit did not show it: that is what a
   nightly alarm fires on; older standing regressions are reported, not re-alarmed.
 

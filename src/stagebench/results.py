@@ -48,6 +48,8 @@ STATUSES: dict[str, str] = {
     "numerics_mismatch": "step-0 loss differs from the reference stage beyond tolerance",
     "cancelled": "the run was cancelled (SIGTERM, SIGINT) before the stage finished",
 }
+# The metric families whose value has a 95% CI from the run's own steps (Metrics.ci95_pct_of).
+WITHIN_RUN_CI_FAMILIES = ("speed", "floor")
 # Statuses that are a finding about the stage rather than a failure of the run itself.
 NOT_FAILED = ("ok", "unavailable")
 
@@ -221,6 +223,24 @@ class Metrics:
     def recompiles(self) -> int | None:
         return None if self.compile is None else self.compile.recompiles
 
+    # The floor of the measured steps (stats.step_floor): derived from the stored samples, never
+    # stored itself, so it needed no schema bump; None before schema 4 (no samples).
+    @property
+    def step_time_ms_floor(self) -> float | None:
+        if self.samples is None or not self.samples.measured_ms:
+            return None
+        return stats.step_floor(self.samples.measured_ms)
+
+    def ci95_pct_of(self, family: str) -> float | None:
+        """The run's own 95% CI half-width (%) of the value a family is measured from: the
+        median for speed, the floor for the floor (WITHIN_RUN_CI_FAMILIES); None for the others
+        (one value per run, or deterministic) and where there are too few steps."""
+        if family == "speed":
+            return self.step_time_ci95_pct
+        if family == "floor" and self.samples is not None:
+            return stats.floor_ci95_pct(self.samples.measured_ms)
+        return None
+
 
 def summary_from_samples(metrics: Metrics) -> stats.Summary | None:
     """The step-time statistics recomputed from the Result's own samples (None before schema
@@ -235,6 +255,9 @@ def metric_value(metrics: dict[str, Any], key: str) -> Any:
     None where it was not measured, e.g. compile counts of a stage that compiles nothing."""
     if key in ("graph_breaks", "recompiles"):
         return (metrics.get("compile") or {}).get(key)
+    if key == "step_time_ms_floor":  # a Metrics property: computed from the samples, as there
+        measured = (metrics.get("samples") or {}).get("measured_ms")
+        return stats.step_floor(measured) if measured else None
     return metrics[key]
 
 

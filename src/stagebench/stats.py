@@ -1,4 +1,4 @@
-"""Step-time statistics: a median with a distribution-free confidence interval.
+"""Step-time statistics: a median with a distribution-free confidence interval, and a floor.
 
 Step times are skewed (a stray allocator or host hiccup makes one step slow, never fast), so the
 median and order-statistic intervals describe them better than a mean and a standard deviation.
@@ -45,6 +45,37 @@ def summarize(values: list[float]) -> Summary:
     ci = median_ci95(ordered)
     half = None if ci is None or med <= 0 else 100.0 * (ci[1] - ci[0]) / 2 / med
     return Summary(len(ordered), med, q3 - q1, ordered[0], ordered[-1], half)
+
+
+def step_floor(values: list[float]) -> float:
+    """The floor of a run's step times: their 10th percentile (inclusive method).
+
+    Host delays (a `.item()` waiting on a busy host, the collector, another process) only ever
+    add time to a step, so the low quantile is the device-bound work: it moves with a kernel's
+    speed, not with how often a slow host mode comes, which differs per process and machine and
+    makes the median bimodal. The 10th percentile rather than the minimum, so that one lucky step
+    does not decide it."""
+    if not values:
+        raise ValueError("no measured values to take a floor of")
+    if len(values) == 1:
+        return float(values[0])
+    return statistics.quantiles(values, n=10, method="inclusive")[0]
+
+
+def floor_ci95_pct(values: list[float]) -> float | None:
+    """Half-width of the floor's order-statistic 95% CI (binomial, normal approximation, as
+    median_ci95), in % of the floor: the floor's counterpart of Summary.ci95_half_width_pct.
+    None below 10 values, where fewer than one value is expected under the 10th percentile."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n < 10:
+        return None
+    p = 0.1
+    spread = Z95 * math.sqrt(n * p * (1 - p))
+    lo = max(1, math.floor(n * p - spread))
+    hi = min(n, math.ceil(n * p + spread) + 1)
+    floor = step_floor(ordered)
+    return None if floor <= 0 else 100.0 * (ordered[hi - 1] - ordered[lo - 1]) / 2 / floor
 
 
 def best_window_mean(values: list[float], window: int) -> float | None:
