@@ -175,11 +175,11 @@ def test_tracks_read_the_result(suite):
 def test_the_floor_is_tracked_from_the_samples_and_is_n_a_without_them(suite):
     bench = suite["Stage_02_liger_sdpa"]()
     assert bench.track_step_floor_ms.unit == "ms"
-    steps = [float(v) for v in range(330, 341)]  # 11 steps: the floor is the second, 331
+    steps = [float(v) for v in range(330, 341)]  # 11 steps: position 1.2, so 330.2
     result = _result(
         "ok", step_time_ms_median=335.0, samples={"warmup_ms": [], "measured_ms": steps}
     )
-    assert bench.track_step_floor_ms(result) == pytest.approx(331.0)
+    assert bench.track_step_floor_ms(result) == pytest.approx(330.2)
     assert bench.track_step_time_ms(result) == 335.0
     older = _result("ok", step_time_ms_median=335.0)  # a Result without samples
     assert math.isnan(bench.track_step_floor_ms(older))  # n/a, like an MFU without a peak

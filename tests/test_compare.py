@@ -98,8 +98,9 @@ def test_result_sets_flag_a_slowdown_beyond_both_runs_ci(tmp_path, capsys):
 
 
 def _bimodal(floor: float, slow: int) -> list[float]:
-    """20 steps: 20 - slow at the floor (+0 to 0.95 ms), `slow` with a 30 ms host gap."""
-    return [floor + i / 20 + (30.0 if i % 20 < slow else 0.0) for i in range(20)]
+    """40 steps: 2 x (20 - slow) at the floor (+0 to 0.95 ms), 2 x `slow` with a 30 ms host
+    gap (35 steps at least give the floor a CI)."""
+    return [floor + (i % 20) / 20 + (30.0 if i % 20 < slow else 0.0) for i in range(40)]
 
 
 def test_result_sets_judge_the_floor_as_a_finding_of_its_own(tmp_path, capsys):

@@ -69,6 +69,20 @@ def test_a_regression_shows_even_where_another_family_improved(tmp_path):
     assert re.search(r'<tr class="regressed"><td class="stage">00_sdpa</td>', page), page[:3000]
 
 
+def test_a_floor_regression_names_itself_and_leaves_the_median_s_change_uncoloured(tmp_path):
+    """The median fell 5% (fewer host gaps) while the floor rose 3% (a slower kernel): the row is
+    a regression, its detail says it is the floor's, and the -5% step-time change beside it is
+    not painted as the regression."""
+    steps = [330.0, 331.0, 329.0, 330.5, 330.0, 313.0]
+    floor = [300.0, 300.3, 299.8, 300.1, 300.0, 309.0]
+    hashes = write_history(tmp_path, {STEP_TIME: steps, FLOOR: floor, OK: [1.0] * len(steps)})
+    _store(tmp_path, hashes[-1], step_ms=313.0)
+    page, _ = frontpage.render(tmp_path)
+    assert re.search(r'<tr class="regressed"><td class="stage">00_sdpa</td>', page), page[:3000]
+    assert "regression (step_floor_ms +3.0%):" in page
+    assert '<td class="num change same">-5.2%</td>' in page
+
+
 def test_a_failed_stage_is_explained_in_its_row(tmp_path):
     hashes = _history(tmp_path, [300.0, 301.0, 299.0, 300.0], ok=[1.0, 1.0, 1.0, 0.0])
     failed = dataclasses.replace(_result("00_sdpa", status="oom"), reason="CUDA out of memory (x)")

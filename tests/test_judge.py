@@ -188,6 +188,13 @@ def test_baseline_is_the_level_a_commit_belongs_to():
     assert judge.baseline_at(values[:6], 5) == [20.0, 20.2]
 
 
+def test_two_runs_of_the_smallest_positive_values_do_not_crash():
+    """after / before underflows to 0 for 5e-324 / 1e300: the log of each, subtracted, does not."""
+    j = judge.compare_runs(1e300, 5e-324, LOWER, None)
+    assert j.verdict == judge.IMPROVED and j.change_pct == pytest.approx(-100.0)
+    assert judge.compare_runs(5e-324, 5e-324, LOWER, None).verdict == judge.SAME
+
+
 def test_two_runs_with_their_own_confidence():
     assert judge.compare_runs(300.0, 330.0, LOWER, 1.0).verdict == judge.REGRESSED
     assert judge.compare_runs(300.0, 309.0, LOWER, 4.0).verdict == judge.SAME

@@ -56,9 +56,9 @@ def test_a_stage_that_fails_only_in_the_canary_diverges(tmp_path):
 
 
 def test_speed_beyond_both_runs_confidence_intervals_diverges_and_within_does_not(tmp_path):
-    class Stored:  # tonight's Results, reduced to what the check reads
+    class Stored:  # a fake of tonight's Results, reduced to what the check reads
         def __init__(self, ci):
-            self.metrics = type("M", (), {"step_time_ci95_pct": ci})()
+            self.metrics = type("M", (), {"ci95_pct_of": lambda _, family: ci})()
 
     tonight = {("locked", STAGE): Stored(1.0), ("canary", STAGE): Stored(1.5)}
     ok = {"track_ok": 1.0}
@@ -87,6 +87,28 @@ def test_a_measured_mde_decides_instead_of_the_confidence_intervals(tmp_path):
         priors={(STAGE, "speed"): prior},
     )  # fmt: skip
     assert [(d.kind, d.alarms) for d in faster] == [(lanes.FASTER, False)]
+
+
+def test_a_floor_that_diverges_under_a_noisy_median_is_a_divergence_of_its_own(tmp_path):
+    """A new release slows a kernel by 3%: the Liger stage's median hides it (MDE about 4.7%),
+    its floor (MDE about 1.1%) does not; the divergence names the floor, and so does the bisect
+    command it prints."""
+    speed = judge.Prior(sigma=0.017, df=4, source="5 separate runs")
+    floor = judge.Prior(sigma=0.004, df=4, source="5 separate runs")
+    ok = {"track_ok": 1.0}
+    locked = {**ok, "track_step_time_ms": 340.0, "track_step_floor_ms": 333.0}
+    canary = {**ok, "track_step_time_ms": 348.0, "track_step_floor_ms": 343.0}
+    priors = {(STAGE, "speed"): speed, (STAGE, "floor"): floor}
+    (d,) = _divergences(tmp_path, locked, canary, priors=priors)
+    assert (d.kind, d.metric, d.alarms) == (lanes.SLOWER, "step_floor_ms", True)
+    assert d.change_pct == pytest.approx(100 * (343 / 333 - 1), abs=0.01)
+    assert d.note.startswith("step_floor_ms (the median within its noise)")
+    command = lanes.command(d, [("liger-kernel", "0.8.5", "0.8.6")])
+    assert command.endswith("--metric step_floor_ms")
+    # The median beyond its noise is the divergence; the floor is not a second one.
+    slower = {**canary, "track_step_time_ms": 380.0}
+    (median,) = _divergences(tmp_path / "b", locked, slower, priors=priors)
+    assert median.metric == "step_time_ms" and "--metric" not in lanes.command(median, [])
 
 
 def test_a_divergence_alarmed_with_the_same_canary_stands(tmp_path):

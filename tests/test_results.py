@@ -212,14 +212,14 @@ def test_compile_counts_round_trip():
 
 def test_the_floor_is_derived_from_the_samples_and_never_stored():
     """A property of Metrics (no schema bump), computed as asv's setup_cache JSON is too."""
-    measured = [float(v) for v in range(300, 311)]  # 11 steps: the floor is the second, 301
+    measured = [float(v) for v in range(300, 311)]  # 11 steps: position 1.2, so 300.2
     original = make_result(metrics=make_metrics(samples=Samples([400.0], measured)))
-    assert original.metrics.step_time_ms_floor == pytest.approx(301.0)
+    assert original.metrics.step_time_ms_floor == pytest.approx(300.2)
     as_json = original.to_dict()["metrics"]
     assert "step_time_ms_floor" not in as_json
-    assert results.metric_value(as_json, "step_time_ms_floor") == pytest.approx(301.0)
+    assert results.metric_value(as_json, "step_time_ms_floor") == pytest.approx(300.2)
     back = Result.from_dict(json.loads(json.dumps(original.to_dict())))
-    assert back == original and back.metrics.step_time_ms_floor == pytest.approx(301.0)
+    assert back == original and back.metrics.step_time_ms_floor == pytest.approx(300.2)
 
 
 @pytest.mark.parametrize("samples", [None, Samples(warmup_ms=[400.0], measured_ms=[])])
@@ -235,7 +235,7 @@ def test_no_samples_no_floor(samples):
 
 def test_each_family_s_own_ci_of_its_run():
     """Speed: the median's CI as measured; floor: the floor's, from the samples; else None."""
-    measured = [300.0 + (i % 5) * 0.1 for i in range(30)]
+    measured = [300.0 + (i % 5) * 0.1 for i in range(40)]
     metrics = make_metrics(samples=Samples([400.0], measured))
     assert metrics.ci95_pct_of("speed") == metrics.step_time_ci95_pct
     assert metrics.ci95_pct_of("floor") == stats.floor_ci95_pct(measured)
@@ -314,6 +314,21 @@ def test_append_never_rewrites_earlier_bytes(tmp_path):
 def test_load_missing_file_is_empty(tmp_path):
     """No file yet means no results, not an error."""
     assert results.load(tmp_path / "none.jsonl") == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -310.0])
+def test_a_step_time_that_is_no_measurement_makes_the_line_unreadable(tmp_path, bad):
+    """Every statistic (the floor too) is recomputed from the samples: a hand-edited NaN, inf,
+    zero or negative step skips that line with a warning, the others still load."""
+    path = tmp_path / "r.jsonl"
+    results.append(path, make_result(stage="good"))
+    damaged = make_result(stage="damaged", metrics=make_metrics(samples=Samples([], [300.0])))
+    line = damaged.to_dict()
+    line["metrics"]["samples"]["measured_ms"] = [300.0, bad]
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    with pytest.warns(UserWarning, match="finite positive"):
+        assert [r.stage for r in results.load(path)] == ["good"]
 
 
 def test_torn_last_line_skipped_and_next_append_on_own_line(tmp_path):

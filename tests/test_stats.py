@@ -77,9 +77,11 @@ def test_summarize_empty_raises():
 
 
 def test_the_floor_is_the_10th_percentile_of_the_steps():
-    """Inclusive method: position 1 + (n - 1) / 10 of the sorted steps, interpolated."""
-    assert step_floor([float(v) for v in range(1, 12)]) == pytest.approx(2.0)  # 11 steps
-    assert step_floor([5.0, 1.0, 3.0]) == pytest.approx(1.4)  # 1 + 0.2 x (3 - 1)
+    """Exclusive method: position 0.1 x (n + 1) of the sorted steps, interpolated; below 9
+    steps that position is under the first step, so the floor is the minimum."""
+    assert step_floor([float(v) for v in range(1, 12)]) == pytest.approx(1.2)  # 11 steps
+    assert step_floor([float(v) for v in range(9, 0, -1)]) == pytest.approx(1.0)  # at x(1)
+    assert step_floor([5.0, 1.0, 3.0]) == 1.0  # 3 steps: the minimum, never extrapolated
     assert step_floor([7.5]) == 7.5  # one step is its own floor
     with pytest.raises(ValueError, match="no measured values"):
         step_floor([])
@@ -100,13 +102,24 @@ def test_the_floor_ignores_how_often_a_slow_host_mode_comes():
 def test_the_floor_ci_spans_the_order_statistics_around_the_10th_percentile():
     # 60 steps: the interval runs from the 1st to the 12th smallest (n p = 6, +- 1.96 x 2.32).
     steps = [100.0 + i for i in range(60)]
-    floor = step_floor(steps)  # 105.9
+    floor = step_floor(steps)  # 105.1
     assert floor_ci95_pct(steps) == pytest.approx(100 * (111.0 - 100.0) / 2 / floor)
     assert floor_ci95_pct(list(reversed(steps))) == floor_ci95_pct(steps)  # order-free
 
 
-def test_the_floor_ci_needs_ten_steps_and_narrows_where_the_floor_is_sharp():
-    assert floor_ci95_pct([100.0 + i for i in range(9)]) is None
-    assert floor_ci95_pct([100.0 + i for i in range(10)]) is not None
+def test_the_floor_aims_at_the_same_quantile_whatever_the_step_count():
+    """Runs stop after 10 to 60 steps: on uniform steps the floor's expected quantile is 10% at
+    either count (the inclusive method aimed at 17% for 10 steps)."""
+    rng = random.Random(3)
+    for n in (10, 20, 60):
+        mean = sum(step_floor([rng.random() for _ in range(n)]) for _ in range(4000)) / 4000
+        assert mean == pytest.approx(0.1, abs=0.006)
+
+
+def test_the_floor_ci_needs_35_steps_and_narrows_where_the_floor_is_sharp():
+    """Below 35 steps the smallest step lies above the 10th percentile more than 2.5% of the
+    time (0.9 ** n): no order-statistic interval covers 95%, so none is claimed."""
+    assert floor_ci95_pct([100.0 + i for i in range(34)]) is None
+    assert floor_ci95_pct([100.0 + i for i in range(35)]) is not None
     sharp = [330.0 + (i % 4) * 0.5 for i in range(40)] + [360.0 + i for i in range(20)]
     assert floor_ci95_pct(sharp) < 0.5  # a floor many steps share: a tight interval

@@ -605,7 +605,8 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         "sigma: one run's spread of the per-process median (log scale); MDE95: the smallest "
         "difference of two single nightly runs that is significant at 95%; within-run CI: "
         "the runs' own 95% CI of their median, which misses what differs between processes; "
-        "floor: the same for each run's 10th-percentile step (the device-bound work).",
+        "floor sigma / MDE95: the same two for each run's 10th-percentile step, the "
+        "device-bound work that host delays do not move.",
         highlight=False,
     )
     if unstored:  # the Results themselves went to stderr as they ended

@@ -710,8 +710,9 @@ def rows(outcome: Outcome) -> list[list[str]]:
 
 
 def columns(outcome: Outcome) -> list[str]:
-    speed = METRICS[outcome.metric].family == "speed"  # with its run's 95% CI half-width
-    metric = f"{outcome.metric} ±CI95" if speed else outcome.metric
+    # With its run's 95% CI half-width (of the median, or of the floor).
+    with_ci = METRICS[outcome.metric].family in results.WITHIN_RUN_CI_FAMILIES
+    metric = f"{outcome.metric} ±CI95" if with_ci else outcome.metric
     return [c.format(metric=metric) for c in COLUMNS]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from stagebench import judge, lanes, noise, results
 from stagebench.history import Point, Source, git_order, load
 from stagebench.machine import read_log
-from stagebench.metrics import OK_METRIC, metric_of, stage_class_of
+from stagebench.metrics import OK_METRIC, family_of, metric_of, stage_class_of
 
 # The columns, in the seed's order first: (metric, header, digits).
 COLUMNS = (
@@ -52,6 +52,9 @@ class Row:
     result_link: str | None = None
     notes: list[str] = field(default_factory=list)
     time_by_group: str | None = None  # the stored profile's shares, shown on the step time
+    # What the finding is about, when it is not the step time the change columns show (the
+    # floor, memory, the first step): "step_floor_ms +3.0%".
+    finding_of: str | None = None
 
 
 def _value_at(points: list[Point], commit: str) -> float | None:
@@ -135,6 +138,7 @@ def rows_for(
                 if finding
                 else "same",
                 bisect=getattr(finding, "bisect", None),
+                finding_of=_finding_of(finding),
                 mde_pct=None if prior is None else 100 * math.expm1(prior.mde),
                 result_link=f"results/{asv_class.removeprefix('stages.')}.json" if here else None,
                 notes=_notes(result) if here else [],
@@ -183,6 +187,16 @@ def _change(pct: float | None) -> str:
     return "-" if pct is None else f"{pct:+.1f}%"
 
 
+def _finding_of(finding: object) -> str | None:
+    """The finding's metric and change when it is not the speed family's (whose change the row's
+    columns already show), so a floor regression is not read as the median's change."""
+    metric = getattr(finding, "metric", None)
+    if finding is None or metric in (None, OK_METRIC) or family_of(metric) == "speed":
+        return None
+    change = getattr(getattr(finding, "judgement", None), "change_pct", None)
+    return metric if change is None else f"{metric} {change:+.1f}%"
+
+
 def _row_html(row: Row) -> str:
     e = html.escape
     cells = [f'<td class="stage">{e(row.stage)}</td>']
@@ -201,7 +215,9 @@ def _row_html(row: Row) -> str:
     if row.mde_pct is not None:
         noise += f" (MDE {row.mde_pct:.1f}%)"
     cells += [
-        f'<td class="num change {e(row.verdict)}">{_change(row.vs_previous_pct)}</td>',
+        # The change cell is the step time's: coloured by a finding only when it is about it.
+        f'<td class="num change {e("same" if row.finding_of else row.verdict)}">'
+        f"{_change(row.vs_previous_pct)}</td>",
         f'<td class="num">{_change(row.vs_baseline_pct)}</td>',
         f'<td class="num noise">{noise}</td>',
         f'<td class="trend">{_sparkline(row.trend, row.trend_metric != "step_time_ms")}</td>',
@@ -215,7 +231,8 @@ def _row_html(row: Row) -> str:
         details.append(f"<b>{e(row.status)}</b>: {e(short)}")
     details += [e(n) for n in row.notes]
     if row.bisect:
-        details.append(f"regression: <code>{e(row.bisect)}</code>")
+        what = f" ({e(row.finding_of)})" if row.finding_of else ""
+        details.append(f"regression{what}: <code>{e(row.bisect)}</code>")
     if details:
         lines.append(f'<tr class="detail"><td colspan="12">{"<br>".join(details)}</td></tr>')
     return "\n".join(lines)
@@ -316,8 +333,8 @@ def render(
         report = regress.check(results_dir, order=order)
         # One finding per row: a regression of any family wins over an improvement of another
         # (the floor can drop while the median rises: the row must still show the regression).
-        found = {stage_class_of(f.benchmark): f for f in report.improvements}
-        found.update({stage_class_of(f.benchmark): f for f in report.regressions})
+        found = {(f.machine, stage_class_of(f.benchmark)): f for f in report.improvements}
+        found.update({(f.machine, stage_class_of(f.benchmark)): f for f in report.regressions})
     except regress.CannotJudge:
         found = {}
     log = read_log(results_dir)
@@ -333,7 +350,7 @@ def render(
         latest = commits[-1][2]
         previous = commits[-2][2] if len(commits) > 1 else None
         pinned = baseline if baseline else commits[0][2]
-        mine = {c: f for c, f in found.items() if f.machine == source.machine}
+        mine = {c: f for (m, c), f in found.items() if m == source.machine}
         priors = noise.priors(records, source.machine, current)
         rows = rows_for(series, latest, previous, pinned, stored, mine, priors)
         facts = next(

@@ -445,7 +445,7 @@ def compare_runs(before: float, after: float, worse: int, noise_pct: float | Non
     """Two single runs. `noise_pct` is their combined uncertainty in % (both runs' 95%
     confidence half-widths added, from their own samples); None: only MIN_EFFECT applies."""
     if before > 0 and after > 0:
-        effect = math.log(after / before)
+        effect = math.log(after) - math.log(before)  # after / before can underflow to 0
     elif before != 0:
         effect = (after - before) / abs(before)
     else:

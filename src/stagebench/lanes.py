@@ -92,6 +92,8 @@ class Divergence:
     bar_pct: float | None = None
     note: str = ""
     new: bool = True  # False: alarmed on an earlier night with the same canary versions
+    # What diverged: the median step time, or (the median within noise) the step-time floor.
+    metric: str = "step_time_ms"
     answer: dict[str, Any] | None = None  # the release bisect: verdict line, table rows
 
     @property
@@ -107,9 +109,9 @@ def _value(series: dict[str, list], name: str, commit: str) -> float | None:
     return next((p.value for p in series.get(name, []) if p.commit == commit), None)
 
 
-def _ci(result: Any) -> float | None:
+def _ci(result: Any, family: str = "speed") -> float | None:
     metrics = getattr(result, "metrics", None)
-    return getattr(metrics, "step_time_ci95_pct", None)
+    return None if metrics is None else metrics.ci95_pct_of(family)
 
 
 def divergences(
@@ -138,22 +140,27 @@ def divergences(
             kind = FAILED if ok_l >= 0.5 else FIXED
             found.append(Divergence(cls, kind, ok_l, ok_c, -100.0 if kind == FAILED else None))
             continue
-        step_l = _value(locked, f"{cls}.track_step_time_ms", commit)
-        step_c = _value(canary, f"{cls}.track_step_time_ms", commit)
-        if not (step_l and step_c and step_l > 0 and step_c > 0):
-            continue
-        # The lanes compare what users feel, the median; the floor is judged in each lane's own
-        # history (regress), not across lanes.
-        prior = (priors or {}).get((cls, "speed"))
-        if prior is not None:
-            j = judge.compare_levels([step_l], [step_c], 1, prior=prior)
-        else:
-            cis = [_ci((tonight or {}).get((lane, cls))) for lane in (LOCKED, CANARY)]
-            j = judge.compare_runs(step_l, step_c, 1, None if None in cis else sum(cis))
-        if j.changed:
-            kind = SLOWER if j.verdict == judge.REGRESSED else FASTER
-            note = j.reason or "noise: both runs' 95% confidence intervals"
-            found.append(Divergence(cls, kind, step_l, step_c, j.change_pct, j.bar_pct, note))
+        # What users feel first, the median; where it is within its noise, the floor (a kernel
+        # a new release slowed under a noisy median), each with its own noise.
+        for metric, family in (("step_time_ms", "speed"), ("step_floor_ms", "floor")):
+            step_l = _value(locked, f"{cls}.track_{metric}", commit)
+            step_c = _value(canary, f"{cls}.track_{metric}", commit)
+            if not (step_l and step_c and step_l > 0 and step_c > 0):
+                continue
+            prior = (priors or {}).get((cls, family))
+            if prior is not None:
+                j = judge.compare_levels([step_l], [step_c], 1, prior=prior)
+            else:
+                cis = [_ci((tonight or {}).get((lane, cls)), family) for lane in (LOCKED, CANARY)]
+                j = judge.compare_runs(step_l, step_c, 1, None if None in cis else sum(cis))
+            if j.changed:
+                kind = SLOWER if j.verdict == judge.REGRESSED else FASTER
+                note = j.reason or "noise: both runs' 95% confidence intervals"
+                if metric != "step_time_ms":
+                    note = f"{metric} (the median within its noise); {note}"
+                change = (step_l, step_c, j.change_pct, j.bar_pct, note)
+                found.append(Divergence(cls, kind, *change, metric=metric))
+                break
     return found
 
 
@@ -246,7 +253,7 @@ def bisect(
     stage = stage_of(d.stage_class)
     if stage is None:
         return {"message": f"{d.stage_class} is not a stage of tonight's suite: not bisected"}
-    metric = METRICS["step_time_ms"]
+    metric = METRICS[d.metric]
     workdir.mkdir(parents=True, exist_ok=True)
     workload = asv_suite.bench_workload()
     measure = depbisect.Measurer(
@@ -305,8 +312,9 @@ def command(d: Divergence, packages: list[tuple[str, str, str]]) -> str:
     written as locked.lock and canary.lock)."""
     found = stage_of(d.stage_class)
     stage = found.name if found is not None else d.stage_class.removeprefix("stages.Stage_")
+    what = "" if d.metric == "step_time_ms" else f" --metric {d.metric}"
     if len(packages) == 1:
         name, old, new = packages[0]
-        return f"stagebench bisect-release {name} {old} {new} --stage {stage}"
+        return f"stagebench bisect-release {name} {old} {new} --stage {stage}{what}"
     locks = "--from-lock locked.lock --to-lock canary.lock"
-    return f"stagebench bisect-release {locks} --stage {stage}"
+    return f"stagebench bisect-release {locks} --stage {stage}{what}"

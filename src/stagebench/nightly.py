@@ -575,7 +575,8 @@ def _canary_lines(state: str, changes: list[str], found: list) -> list[str]:
         change = "" if d.change_pct is None else f" {d.change_pct:+.1f}%"
         bar = "" if d.bar_pct is None else f" (bar {d.bar_pct:.1f}%)"
         when = "**new**" if d.alarms else ("standing" if d.kind in ("failed", "slower") else "")
-        lines.append(f"- `{d.stage}`: {d.kind} in the canary{change}{bar} {when}".rstrip())
+        what = "" if d.metric == "step_time_ms" else f" ({d.metric})"
+        lines.append(f"- `{d.stage}`: {d.kind}{what} in the canary{change}{bar} {when}".rstrip())
         if d.answer:
             lines += [f"  - {line}" for line in d.answer.get("lines", [d.answer.get("message")])]
             if d.answer.get("tried"):

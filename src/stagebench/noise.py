@@ -178,10 +178,11 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
             key = METRICS[name].key
             family = METRICS[name].family
             measured = ok
-            if family == "first_step":
+            if family == "first_step" and ok and ok[0] is runs[0]:
                 # Round 1 may compile into an empty cache (a fresh machine): a cold compile is
                 # a night of its own, not a warm night's noise (seen: sigma 241% with it, on an
-                # H100). The first step's spread comes from the later rounds.
+                # H100). The first step's spread comes from the later rounds; a round 1 that
+                # failed left no value to leave out.
                 measured = ok[1:]
             values = [getattr(r.metrics, key) for r in measured]
             within = None

@@ -206,6 +206,8 @@ def check(
                 report.regressions.append(finding)
             else:
                 report.improvements.append(finding)
+    report.regressions = _fold_floor(report.regressions)
+    report.improvements = _fold_floor(report.improvements)
     if report.checked == 0:
         reasons = sorted(set(report.unjudged.values()))
         raise CannotJudge(
@@ -213,6 +215,27 @@ def check(
             f"{'; '.join(reasons[:3])})"
         )
     return report
+
+
+def _fold_floor(findings: list[Finding]) -> list[Finding]:
+    """A step-time floor that moved with the median of the same stage at the same commit is one
+    change (every step slower): listed beside the speed finding, not a second alarm. A floor
+    that moved alone (a kernel under a noisy median) stays a finding of its own."""
+
+    def key(f: Finding) -> tuple:
+        return (f.machine, f.env, stage_class_of(f.benchmark), f.bad)
+
+    speed = {key(f): f for f in findings if family_of(f.metric) == "speed"}
+    folded = {key(f): f for f in findings if family_of(f.metric) == "floor" and key(f) in speed}
+    out = []
+    for f in findings:
+        if family_of(f.metric) == "floor" and key(f) in speed:
+            continue
+        if family_of(f.metric) == "speed" and key(f) in folded:
+            floor = folded[key(f)]
+            f = replace(f, derived=(*f.derived, (floor.metric, floor.judgement.change_pct)))
+        out.append(f)
+    return out
 
 
 def _finding(source: Source, family: str, members: list[_Series]) -> Finding | None:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import math
 import os
 import types
 import typing
@@ -318,6 +319,11 @@ class Result:
             if metrics.get("samples") is not None:
                 samples = Samples(**_object(metrics["samples"], "metrics.samples"))
                 metrics["samples"] = _typed(samples, "metrics.samples")
+                # The floor and every statistic are recomputed from them: a step time that is
+                # not a finite positive number is a damaged line, not a measurement.
+                if not all(math.isfinite(v) and v > 0 for v in samples.measured_ms):
+                    raise ValueError("metrics.samples.measured_ms holds a step time that is not "
+                                     "a finite positive number")  # fmt: skip
             if metrics.get("profile") is not None:
                 metrics["profile"] = _profile(_object(metrics["profile"], "metrics.profile"))
             fields["metrics"] = _typed(Metrics(**metrics), "metrics")

@@ -48,27 +48,37 @@ def summarize(values: list[float]) -> Summary:
 
 
 def step_floor(values: list[float]) -> float:
-    """The floor of a run's step times: their 10th percentile (inclusive method).
+    """The floor of a run's step times: their 10th percentile.
 
     Host delays (a `.item()` waiting on a busy host, the collector, another process) only ever
     add time to a step, so the low quantile is the device-bound work: it moves with a kernel's
     speed, not with how often a slow host mode comes, which differs per process and machine and
     makes the median bimodal. The 10th percentile rather than the minimum, so that one lucky step
-    does not decide it."""
+    does not decide it. Position 0.1 x (n + 1) of the sorted steps (the exclusive method): the
+    k-th smallest of n lies at the k / (n + 1) quantile on average, so runs that stopped after
+    10 or after 60 steps aim at the same quantile (the inclusive method's 1 + 0.1 x (n - 1) aims
+    at 17% for 10 steps and 11% for 60). Below 9 steps that position is under the first: the
+    minimum."""
     if not values:
         raise ValueError("no measured values to take a floor of")
-    if len(values) == 1:
-        return float(values[0])
-    return statistics.quantiles(values, n=10, method="inclusive")[0]
+    if len(values) < FLOOR_MIN_INTERPOLATED:
+        return float(min(values))
+    return statistics.quantiles(values, n=10, method="exclusive")[0]
+
+
+FLOOR_MIN_INTERPOLATED = 9  # 0.1 x (n + 1) >= 1: the position lies between two steps
+FLOOR_MIN_CI_STEPS = 35  # 0.9 ** n <= 2.5%: the smallest step is below the 10th percentile
 
 
 def floor_ci95_pct(values: list[float]) -> float | None:
     """Half-width of the floor's order-statistic 95% CI (binomial, normal approximation, as
     median_ci95), in % of the floor: the floor's counterpart of Summary.ci95_half_width_pct.
-    None below 10 values, where fewer than one value is expected under the 10th percentile."""
+    None below FLOOR_MIN_CI_STEPS: with fewer steps even the smallest lies above the 10th
+    percentile more than 2.5% of the time, so no order statistic bounds it at 95% (20 steps
+    would cover 87%)."""
     ordered = sorted(values)
     n = len(ordered)
-    if n < 10:
+    if n < FLOOR_MIN_CI_STEPS:
         return None
     p = 0.1
     spread = Z95 * math.sqrt(n * p * (1 - p))
