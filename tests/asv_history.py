@@ -35,6 +35,7 @@ def write_history(
     machine: str = MACHINE,
     versions: list[str] | None = None,
     salt: str = "",
+    env: str = ENV,
 ) -> list[str]:
     """One asv result file per commit, as `asv run` saves them; returns the commits in order."""
     n = len(next(iter(series.values())))
@@ -44,7 +45,7 @@ def write_history(
     hashes = commit_hashes(n, salt)
     for i, commit in enumerate(hashes):
         params = {"machine": machine, "python": "3.11"}
-        result = Results(params, {}, commit, FIRST_DATE_MS + i * DAY_MS, "3.11", ENV, {})
+        result = Results(params, {}, commit, FIRST_DATE_MS + i * DAY_MS, "3.11", env, {})
         for name, values in series.items():
             benchmark = {"name": name, "version": versions[i] if versions else "1", "params": []}
             measured = BenchmarkResult(

@@ -252,3 +252,30 @@ def test_an_ambiguous_prefix_is_bad_input(tmp_path, capsys):
     code = cli.main(["compare", shared, hashes[-1], "--results", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "ambiguous" in err[0], err
+
+
+def test_a_uniform_slowdown_is_one_significant_regression_with_the_floor_listed(tmp_path):
+    before = _bimodal(300.0, 4)
+    after = [s * 1.05 for s in before]
+    a, b = _files(
+        tmp_path,
+        [_result("00_sdpa", steps=before)],
+        [_result("00_sdpa", step_ms=315.0, mfu=33.3, steps=after)],
+    )
+    rows = {r.metric: r for r in compare.result_sets(a, b)}
+    assert rows["step_time_ms"].verdict == rows["step_floor_ms"].verdict == "regressed"
+    assert rows["step_time_ms"].lead and not rows["step_floor_ms"].lead
+    assert compare.regressed(list(rows.values())) == 1
+
+
+def test_a_short_run_s_floor_says_why_only_the_minimum_effect_judges_it(tmp_path):
+    before = [300.0 + i / 20 for i in range(20)]
+    a, b = _files(
+        tmp_path,
+        [_result("00_sdpa", steps=before)],
+        [_result("00_sdpa", steps=[s * 1.03 for s in before])],
+    )
+    floor = next(r for r in compare.result_sets(a, b) if r.metric == "step_floor_ms")
+    assert floor.verdict == "regressed" and floor.note == (
+        "no 95% CI of the floor under 35 steps: the minimum effect alone"
+    )

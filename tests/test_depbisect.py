@@ -579,12 +579,18 @@ def test_sigterm_while_an_overlay_is_built_is_a_cancel_with_its_line(tmp_path, p
 
 def test_a_floor_bisect_judges_each_release_by_its_runs_floor_cis():
     """--metric step_floor_ms: the bar is both runs' CIs of the floor, as the median's for
-    step_time_ms; a run without one (too few steps) is not judged rather than guessed."""
+    step_time_ms; without one (under 35 steps) the floor falls back to the minimum effect, the
+    median (under 6 steps) is not judged."""
     floor = METRICS["step_floor_ms"]
     before = Trial("liger-kernel", "0.8.0", "ok", value=330.0, ci_pct=1.5)
     within = Trial("liger-kernel", "0.8.1", "ok", value=339.0, ci_pct=1.5)  # +2.7% < 3% bar
     beyond = Trial("liger-kernel", "0.8.1", "ok", value=345.0, ci_pct=1.5)  # +4.5%
     assert depbisect.judge_pair(before, within, floor).direction is None
     assert depbisect.judge_pair(before, beyond, floor).direction == depbisect.REGRESSION
-    unsure = depbisect.judge_pair(before, Trial("liger-kernel", "0.8.1", "ok", value=345.0), floor)
+    # A run under 35 steps has no CI of its floor: the minimum effect alone, as in compare.
+    short = depbisect.judge_pair(before, Trial("liger-kernel", "0.8.1", "ok", value=345.0), floor)
+    assert short.judged and short.direction == depbisect.REGRESSION
+    assert "minimum effect alone" in short.text
+    median = METRICS["step_time_ms"]
+    unsure = depbisect.judge_pair(before, Trial("liger-kernel", "0.8.1", "ok", value=345.0), median)
     assert not unsure.judged and "no confidence interval" in unsure.text

@@ -81,6 +81,21 @@ def test_a_floor_regression_names_itself_and_leaves_the_median_s_change_uncolour
     assert re.search(r'<tr class="regressed"><td class="stage">00_sdpa</td>', page), page[:3000]
     assert "regression (step_floor_ms +3.0%):" in page
     assert '<td class="num change same">-5.2%</td>' in page
+    # Painted by the cell's own class only (the row's would colour the median's -5.2% red).
+    assert "tr.regressed td.change" not in page
+    assert "td.change.regressed { color: #a31515" in page
+
+
+def test_a_regression_in_one_lane_marks_that_lane_s_row_only(tmp_path):
+    """The canary regressed, the locked lane did not: one machine, two tables; only the
+    canary's row is a regression."""
+    flat = [300.0, 301.0, 299.0, 300.5, 300.0, 300.2]
+    slow = [300.0, 301.0, 299.0, 300.5, 300.0, 330.0]
+    write_history(tmp_path, {STEP_TIME: flat, OK: [1.0] * 6}, env="interpreter-py3.11")
+    write_history(tmp_path, {STEP_TIME: slow, OK: [1.0] * 6}, env="canary-py3.11")
+    page, _ = frontpage.render(tmp_path)
+    rows = re.findall(r'<tr class="(\w+)"><td class="stage">00_sdpa</td>', page)
+    assert sorted(rows) == ["regressed", "same"], rows
 
 
 def test_a_failed_stage_is_explained_in_its_row(tmp_path):

@@ -102,13 +102,31 @@ def test_a_floor_that_diverges_under_a_noisy_median_is_a_divergence_of_its_own(t
     (d,) = _divergences(tmp_path, locked, canary, priors=priors)
     assert (d.kind, d.metric, d.alarms) == (lanes.SLOWER, "step_floor_ms", True)
     assert d.change_pct == pytest.approx(100 * (343 / 333 - 1), abs=0.01)
-    assert d.note.startswith("step_floor_ms (the median within its noise)")
+    assert d.note.startswith("step_floor_ms, beside the median")
     command = lanes.command(d, [("liger-kernel", "0.8.5", "0.8.6")])
     assert command.endswith("--metric step_floor_ms")
     # The median beyond its noise is the divergence; the floor is not a second one.
     slower = {**canary, "track_step_time_ms": 380.0}
     (median,) = _divergences(tmp_path / "b", locked, slower, priors=priors)
     assert median.metric == "step_time_ms" and "--metric" not in lanes.command(median, [])
+    # A faster median (fewer host gaps) does not hide a slower kernel: both are reported, the
+    # floor alarms.
+    faster = {**canary, "track_step_time_ms": 300.0}
+    found = _divergences(tmp_path / "c", locked, faster, priors=priors)
+    assert [(x.kind, x.metric, x.alarms) for x in found] == [
+        (lanes.FASTER, "step_time_ms", False),
+        (lanes.SLOWER, "step_floor_ms", True),
+    ]
+
+
+def test_a_floor_divergence_already_alarmed_does_not_silence_a_median_one(tmp_path):
+    canary = ["liger-kernel 0.8.5 -> 0.8.6"]
+    floor = lanes.Divergence(STAGE, lanes.SLOWER, 333.0, 343.0, 3.0, 1.1, metric="step_floor_ms")
+    lanes.append_log(tmp_path, lanes.log_entry("h100", COMMIT, canary, "measured", [floor]))
+    median = lanes.Divergence(STAGE, lanes.SLOWER, 340.0, 372.0, 9.4, 4.7)
+    again = lanes.Divergence(STAGE, lanes.SLOWER, 333.0, 344.0, 3.3, 1.1, metric="step_floor_ms")
+    lanes.mark_standing([median, again], lanes.read_log(tmp_path), "h100", canary)
+    assert median.alarms and not again.alarms
 
 
 def test_a_divergence_alarmed_with_the_same_canary_stands(tmp_path):

@@ -14,12 +14,13 @@ Metrics of one family are one finding (see regress.py); ok -> failed always coun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stagebench import judge, noise, results
+from stagebench import judge, noise, results, stats
 from stagebench.history import CannotJudge, HistoryError, load
 from stagebench.metrics import (
     FAMILY_LEAD,
@@ -84,7 +85,17 @@ def _mark_derived(rows: list[Row]) -> list[Row]:
         lead_name = FAMILY_LEAD.get(family, r.metric)
         judged = [x for x in leads if x.verdict != "unjudged"] or leads
         counted = next((x for x in judged if x.metric == lead_name), judged[0])
-        out.append(Row(**{**asdict(r), "lead": r is counted}))
+        lead = r is counted
+        if lead and family == "floor" and r.verdict in ("regressed", "improved"):
+            # A floor that moved the way the median did is one change (every step slower), as
+            # in `regressions`: listed, not counted twice.
+            speed = FAMILY_LEAD["speed"]
+            lead = not any(
+                x.metric == speed and x.verdict == r.verdict
+                for x in rows
+                if _stage_of(x.benchmark) == _stage_of(r.benchmark)
+            )
+        out.append(Row(**{**asdict(r), "lead": lead}))
     return out
 
 
@@ -283,6 +294,10 @@ def pair_rows(pairs: list[Pair], a: Path, b: Path) -> list[Row]:
                 cis = [_ci(m.ci95_pct_of(metric.family)) for m in (ra.metrics, rb.metrics)]
                 noise = None if None in cis else sum(c for c in cis if c is not None)
                 j = judge.compare_runs(va, vb, metric.worse, noise)
+                if metric.family == "floor" and noise is None:
+                    steps = stats.FLOOR_MIN_CI_STEPS
+                    why = f"no 95% CI of the floor under {steps} steps: the minimum effect alone"
+                    j = dataclasses.replace(j, reason=why)
             rows.append(_row(stage, metric.name, j))
     return _mark_derived(rows)
 

@@ -140,12 +140,15 @@ def judge_pair(before: Trial, after: Trial, metric: Metric) -> Change:
         return Change(None, metric.name, text, judged=False)
     noise = None
     # The two runs' own 95% CI half-widths of the median or the floor, added (compare.py);
-    # memory is judged by the minimum effect alone, as the text says.
+    # memory is judged by the minimum effect alone, as the text says. The median has a CI from
+    # 6 steps, so one missing is a run too short to judge; the floor's needs 35, which a run
+    # that stopped early lacks: there, as in compare, the minimum effect alone judges it.
     if metric.family in results.WITHIN_RUN_CI_FAMILIES:
-        if before.ci_pct is None or after.ci_pct is None:
+        if before.ci_pct is not None and after.ci_pct is not None:
+            noise = before.ci_pct + after.ci_pct
+        elif metric.family == "speed":
             text = f"{metric.name}: no confidence interval (too few measured steps; --min-steps)"
             return Change(None, metric.name, text, judged=False)
-        noise = before.ci_pct + after.ci_pct
     j = judge.compare_runs(before.value, after.value, metric.worse, noise)
     change = "" if j.change_pct is None else f" ({j.change_pct:+.1f}%"
     bar = f", bar {j.bar_pct:.1f}%" if j.bar_pct is not None else ""

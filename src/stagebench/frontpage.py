@@ -300,8 +300,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.num a { color: inherit; text-decoration: none; } td.num a:hover { text-decoration: underline; }
 td.status.ok { color: #176c2a; } td.status.unavailable { color: #777; }
 td.status:not(.ok):not(.unavailable) { color: #a31515; font-weight: 600; }
-tr.regressed td.change { color: #a31515; font-weight: 600; }
-tr.improved td.change { color: #176c2a; }
+tr.regressed td.stage, td.change.regressed { color: #a31515; font-weight: 600; }
+td.change.improved { color: #176c2a; }
 tr.detail td { white-space: normal; color: #555; font-size: 0.85rem; }
 svg.spark polyline { stroke: #4477aa; stroke-width: 1.5; }
 svg.spark.worse polyline { stroke: #cc6677; }
@@ -331,10 +331,12 @@ def render(
     stored = _stage_names(store)
     try:
         report = regress.check(results_dir, order=order)
-        # One finding per row: a regression of any family wins over an improvement of another
-        # (the floor can drop while the median rises: the row must still show the regression).
-        found = {(f.machine, stage_class_of(f.benchmark)): f for f in report.improvements}
-        found.update({(f.machine, stage_class_of(f.benchmark)): f for f in report.regressions})
+        # One finding per row (machine, lane, stage): a regression of any family wins over an
+        # improvement of another (the floor can drop while the median rises).
+        found = {(f.machine, f.env, stage_class_of(f.benchmark)): f for f in report.improvements}
+        found.update(
+            {(f.machine, f.env, stage_class_of(f.benchmark)): f for f in report.regressions}
+        )
     except regress.CannotJudge:
         found = {}
     log = read_log(results_dir)
@@ -350,7 +352,7 @@ def render(
         latest = commits[-1][2]
         previous = commits[-2][2] if len(commits) > 1 else None
         pinned = baseline if baseline else commits[0][2]
-        mine = {c: f for (m, c), f in found.items() if m == source.machine}
+        mine = {c: f for (m, e, c), f in found.items() if (m, e) == (source.machine, source.env)}
         priors = noise.priors(records, source.machine, current)
         rows = rows_for(series, latest, previous, pinned, stored, mine, priors)
         facts = next(

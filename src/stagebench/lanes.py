@@ -140,8 +140,8 @@ def divergences(
             kind = FAILED if ok_l >= 0.5 else FIXED
             found.append(Divergence(cls, kind, ok_l, ok_c, -100.0 if kind == FAILED else None))
             continue
-        # What users feel first, the median; where it is within its noise, the floor (a kernel
-        # a new release slowed under a noisy median), each with its own noise.
+        # What users feel first, the median; unless it is slower, the floor too (a kernel a new
+        # release slowed under a noisy or faster median), each with its own noise.
         for metric, family in (("step_time_ms", "speed"), ("step_floor_ms", "floor")):
             step_l = _value(locked, f"{cls}.track_{metric}", commit)
             step_c = _value(canary, f"{cls}.track_{metric}", commit)
@@ -157,10 +157,11 @@ def divergences(
                 kind = SLOWER if j.verdict == judge.REGRESSED else FASTER
                 note = j.reason or "noise: both runs' 95% confidence intervals"
                 if metric != "step_time_ms":
-                    note = f"{metric} (the median within its noise); {note}"
+                    note = f"{metric}, beside the median; {note}"
                 change = (step_l, step_c, j.change_pct, j.bar_pct, note)
                 found.append(Divergence(cls, kind, *change, metric=metric))
-                break
+                if kind == SLOWER:
+                    break  # the floor of a slower median is part of that divergence
     return found
 
 
@@ -195,14 +196,14 @@ def mark_standing(
     """A divergence alarmed on an earlier night with the same canary versions stands: it keeps
     that night's answer and is neither bisected nor alarmed again."""
     earlier = {
-        (d.get("stage_class"), d.get("kind")): d
+        (d.get("stage_class"), d.get("kind"), d.get("metric", "step_time_ms")): d
         for entry in log
         if entry.get("machine") == machine and entry.get("canary") == canary
         for d in entry.get("divergences", [])
         if isinstance(d, dict) and d.get("new")
     }
     for d in found:
-        before = earlier.get((d.stage_class, d.kind))
+        before = earlier.get((d.stage_class, d.kind, d.metric))
         if before is not None:
             d.new = False
             d.answer = before.get("answer")

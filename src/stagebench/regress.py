@@ -54,6 +54,9 @@ class Finding:
     confirmed: bool | None = None
     confirmation: str | None = None
     prior: judge.Prior | None = None  # the stage's measured noise, when the judge used one
+    # The step-time floor's own finding when it moved with this (speed) one at the same commit:
+    # listed beside it, and re-measured on its own (a refuted median must not take it along).
+    folded: Finding | None = None
 
     @property
     def stage(self) -> str:
@@ -84,6 +87,7 @@ class Finding:
             "points_after": j.n_after,
             "noise_note": j.reason,
             "derived": [{"metric": m, "change_pct": c} for m, c in self.derived],
+            "folded": None if self.folded is None else self.folded.to_dict(),
             "new": self.new,
             "confirmed": self.confirmed,
             "confirmation": self.confirmation,
@@ -233,7 +237,8 @@ def _fold_floor(findings: list[Finding]) -> list[Finding]:
             continue
         if family_of(f.metric) == "speed" and key(f) in folded:
             floor = folded[key(f)]
-            f = replace(f, derived=(*f.derived, (floor.metric, floor.judgement.change_pct)))
+            derived = (*f.derived, (floor.metric, floor.judgement.change_pct))
+            f = replace(f, derived=derived, folded=floor)
         out.append(f)
     return out
 

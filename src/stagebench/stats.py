@@ -54,11 +54,11 @@ def step_floor(values: list[float]) -> float:
     add time to a step, so the low quantile is the device-bound work: it moves with a kernel's
     speed, not with how often a slow host mode comes, which differs per process and machine and
     makes the median bimodal. The 10th percentile rather than the minimum, so that one lucky step
-    does not decide it. Position 0.1 x (n + 1) of the sorted steps (the exclusive method): the
-    k-th smallest of n lies at the k / (n + 1) quantile on average, so runs that stopped after
-    10 or after 60 steps aim at the same quantile (the inclusive method's 1 + 0.1 x (n - 1) aims
-    at 17% for 10 steps and 11% for 60). Below 9 steps that position is under the first: the
-    minimum."""
+    does not decide it (from 10 steps on). Position 0.1 x (n + 1) of the sorted steps (the
+    exclusive method): the k-th smallest of n lies at the k / (n + 1) quantile on average, so
+    runs that stopped after 10 or after 60 steps aim at the same quantile (the inclusive
+    method's 1 + 0.1 x (n - 1) aims at 17% for 10 steps and 11% for 60). Up to 9 steps that
+    position is at or under the first: the minimum."""
     if not values:
         raise ValueError("no measured values to take a floor of")
     if len(values) < FLOOR_MIN_INTERPOLATED:
@@ -67,15 +67,15 @@ def step_floor(values: list[float]) -> float:
 
 
 FLOOR_MIN_INTERPOLATED = 9  # 0.1 x (n + 1) >= 1: the position lies between two steps
-FLOOR_MIN_CI_STEPS = 35  # 0.9 ** n <= 2.5%: the smallest step is below the 10th percentile
+FLOOR_MIN_CI_STEPS = 35  # from here the interval below covers at least 95% (exact binomial)
 
 
 def floor_ci95_pct(values: list[float]) -> float | None:
     """Half-width of the floor's order-statistic 95% CI (binomial, normal approximation, as
     median_ci95), in % of the floor: the floor's counterpart of Summary.ci95_half_width_pct.
     None below FLOOR_MIN_CI_STEPS: with fewer steps even the smallest lies above the 10th
-    percentile more than 2.5% of the time, so no order statistic bounds it at 95% (20 steps
-    would cover 87%)."""
+    percentile about 2.5% of the time or more (0.9 ** n), so the interval falls short of 95%
+    (20 steps would cover 87%)."""
     ordered = sorted(values)
     n = len(ordered)
     if n < FLOOR_MIN_CI_STEPS:
