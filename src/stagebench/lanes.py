@@ -92,7 +92,7 @@ class Divergence:
     bar_pct: float | None = None
     note: str = ""
     new: bool = True  # False: alarmed on an earlier night with the same canary versions
-    # What diverged: the median step time, or (the median within noise) the step-time floor.
+    # What diverged: the median step time, or (the median not slower) the step-time floor.
     metric: str = "step_time_ms"
     answer: dict[str, Any] | None = None  # the release bisect: verdict line, table rows
 

@@ -448,14 +448,14 @@ def _remeasure(report, head: str, out: Path, env: dict) -> None:
                 measure([f for f in off if f.good == good], good)
             second = measure(off)
 
-    def confirm(f, rounds):
+    def confirm(f, rounds, lead):
         f = regress.confirm(
             f,
             [r.get((head, f.benchmark)) for r in rounds],
             [r.get((f.good, f.benchmark)) for r in rounds],
         )
-        if f.benchmark in unmoved:
-            why = f"last good {f.good[:12]} not re-measured: {unmoved[f.benchmark]}"
+        if lead.benchmark in unmoved:  # a folded floor shares its speed finding's re-runs
+            why = f"last good {lead.good[:12]} not re-measured: {unmoved[lead.benchmark]}"
             f = dataclasses.replace(f, confirmation=f"{f.confirmation} ({why})")
         return f
 
@@ -464,9 +464,10 @@ def _remeasure(report, head: str, out: Path, env: dict) -> None:
         if f.new:
             rounds = (first, second) if f in off else (first,)
             floor = f.folded
-            f = confirm(f, rounds)
+            lead = f
+            f = confirm(f, rounds, lead)
             if floor is not None:  # the same re-runs hold the floor: judged on its own
-                floor = confirm(floor, rounds)
+                floor = confirm(floor, rounds, lead)
                 if f.confirmed is False and floor.confirmed:
                     f = floor  # the median was a burst of host load; the slower kernel is real
                 else:
