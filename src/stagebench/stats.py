@@ -23,14 +23,21 @@ class Summary:
     ci95_half_width_pct: float | None  # None below 6 samples, where no order-stat CI exists
 
 
-def median_ci95(sorted_values: list[float]) -> tuple[float, float] | None:
-    """Order-statistic 95% CI of the median (binomial, normal approximation)."""
+def quantile_ci95(sorted_values: list[float], p: float, min_n: int) -> tuple[float, float] | None:
+    """Order-statistic 95% CI of the p-quantile (binomial, normal approximation): the values at
+    ranks n p -+ 1.96 sqrt(n p (1 - p)); None below `min_n` values, where it does not hold."""
     n = len(sorted_values)
-    if n < 6:
+    if n < min_n:
         return None
-    lo = max(1, math.floor((n - Z95 * math.sqrt(n)) / 2))
-    hi = min(n, math.ceil((n + Z95 * math.sqrt(n)) / 2) + 1)
+    spread = Z95 * math.sqrt(n * p * (1 - p))
+    lo = max(1, math.floor(n * p - spread))
+    hi = min(n, math.ceil(n * p + spread) + 1)
     return sorted_values[lo - 1], sorted_values[hi - 1]
+
+
+def median_ci95(sorted_values: list[float]) -> tuple[float, float] | None:
+    """Order-statistic 95% CI of the median; None below 6 values."""
+    return quantile_ci95(sorted_values, 0.5, 6)
 
 
 def summarize(values: list[float]) -> Summary:
@@ -77,15 +84,11 @@ def floor_ci95_pct(values: list[float]) -> float | None:
     percentile about 2.5% of the time or more (0.9 ** n), so the interval falls short of 95%
     (20 steps would cover 87%)."""
     ordered = sorted(values)
-    n = len(ordered)
-    if n < FLOOR_MIN_CI_STEPS:
+    ci = quantile_ci95(ordered, 0.1, FLOOR_MIN_CI_STEPS)
+    if ci is None:
         return None
-    p = 0.1
-    spread = Z95 * math.sqrt(n * p * (1 - p))
-    lo = max(1, math.floor(n * p - spread))
-    hi = min(n, math.ceil(n * p + spread) + 1)
     floor = step_floor(ordered)
-    return None if floor <= 0 else 100.0 * (ordered[hi - 1] - ordered[lo - 1]) / 2 / floor
+    return None if floor <= 0 else 100.0 * (ci[1] - ci[0]) / 2 / floor
 
 
 def best_window_mean(values: list[float], window: int) -> float | None:
