@@ -448,26 +448,26 @@ def _remeasure(report, head: str, out: Path, env: dict) -> None:
                 measure([f for f in off if f.good == good], good)
             second = measure(off)
 
-    def confirm(f, rounds, lead):
+    def confirm(f, rounds, unmoved_why: str | None):
         f = regress.confirm(
             f,
             [r.get((head, f.benchmark)) for r in rounds],
             [r.get((f.good, f.benchmark)) for r in rounds],
         )
-        if lead.benchmark in unmoved:  # a folded floor shares its speed finding's re-runs
-            why = f"last good {lead.good[:12]} not re-measured: {unmoved[lead.benchmark]}"
-            f = dataclasses.replace(f, confirmation=f"{f.confirmation} ({why})")
+        if unmoved_why:
+            f = dataclasses.replace(f, confirmation=f"{f.confirmation} ({unmoved_why})")
         return f
 
     confirmed = []
     for f in report.regressions:
         if f.new:
             rounds = (first, second) if f in off else (first,)
+            why = unmoved.get(f.benchmark)  # a folded floor shares its speed finding's re-runs
+            why = why and f"last good {f.good[:12]} not re-measured: {why}"
             floor = f.folded
-            lead = f
-            f = confirm(f, rounds, lead)
+            f = confirm(f, rounds, why)
             if floor is not None:  # the same re-runs hold the floor: judged on its own
-                floor = confirm(floor, rounds, lead)
+                floor = confirm(floor, rounds, why)
                 if f.confirmed is False and floor.confirmed:
                     f = floor  # the median was a burst of host load; the slower kernel is real
                 else:
