@@ -58,15 +58,20 @@ def test_a_row_shows_the_latest_night_beside_the_previous_and_the_baseline(tmp_p
     assert "<svg" in page  # a trend line
 
 
+def _page_with_floor(tmp_path, steps: list[float], floor: list[float]) -> str:
+    """The front page of a history of the step time and its floor, tonight's Result stored."""
+    hashes = write_history(tmp_path, {STEP_TIME: steps, FLOOR: floor, OK: [1.0] * len(steps)})
+    _store(tmp_path, hashes[-1], step_ms=steps[-1])
+    page, _ = frontpage.render(tmp_path)
+    assert re.search(r'<tr class="regressed"><td class="stage">00_sdpa</td>', page), page[:3000]
+    return page
+
+
 def test_a_regression_shows_even_where_another_family_improved(tmp_path):
     """The floor dropping (a faster kernel) while the median rose (more host gaps): the row
     shows the regression, not the improvement."""
     steps = [300.0, 301.0, 299.0, 300.5, 300.0, 330.0]
-    floor = [290.0, 290.5, 289.5, 290.2, 290.0, 260.0]
-    hashes = write_history(tmp_path, {STEP_TIME: steps, FLOOR: floor, OK: [1.0] * len(steps)})
-    _store(tmp_path, hashes[-1], step_ms=330.0)
-    page, _ = frontpage.render(tmp_path)
-    assert re.search(r'<tr class="regressed"><td class="stage">00_sdpa</td>', page), page[:3000]
+    _page_with_floor(tmp_path, steps, [290.0, 290.5, 289.5, 290.2, 290.0, 260.0])
 
 
 def test_a_floor_regression_names_itself_and_leaves_the_median_s_change_uncoloured(tmp_path):
@@ -74,11 +79,7 @@ def test_a_floor_regression_names_itself_and_leaves_the_median_s_change_uncolour
     a regression, its detail says it is the floor's, and the -5% step-time change beside it is
     not painted as the regression."""
     steps = [330.0, 331.0, 329.0, 330.5, 330.0, 313.0]
-    floor = [300.0, 300.3, 299.8, 300.1, 300.0, 309.0]
-    hashes = write_history(tmp_path, {STEP_TIME: steps, FLOOR: floor, OK: [1.0] * len(steps)})
-    _store(tmp_path, hashes[-1], step_ms=313.0)
-    page, _ = frontpage.render(tmp_path)
-    assert re.search(r'<tr class="regressed"><td class="stage">00_sdpa</td>', page), page[:3000]
+    page = _page_with_floor(tmp_path, steps, [300.0, 300.3, 299.8, 300.1, 300.0, 309.0])
     assert "regression (step_floor_ms +3.0%):" in page
     assert '<td class="num change same">-5.2%</td>' in page
     # Painted by the cell's own class only (the row's would colour the median's -5.2% red).
