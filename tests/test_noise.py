@@ -451,3 +451,95 @@ def test_a_folded_floor_is_re_measured_on_its_own_and_alarms_when_the_median_is_
     nightly._remeasure(report, bad, tmp_path / "b" / "remeasured", env)
     (both,) = report.regressions
     assert both.metric == "step_time_ms" and both.confirmed and both.folded.confirmed
+
+
+# -- stagebench noise --from: a newer summary of processes already run ---------------------
+
+
+def test_from_gives_the_h100_runs_the_floor_records_they_predate(tmp_path, capsys):
+    """The committed H100 processes were summarized before the floor existed: --from makes the
+    same records again, now with the floor's, named for the machine and dated by the runs."""
+    runs_file = H100 / "noise-runs.jsonl"
+    assert cli.main(["noise", "--from", str(runs_file), "--results", str(tmp_path)]) == 0
+    made = {r.stage: r for r in noise.load(tmp_path)}
+    measured = {r.stage: r for r in noise.load_file(H100 / "noise-records.jsonl")}
+    assert set(made) == set(measured) == {"00_sdpa", "01_kernelize_sdpa_compile", "02_liger_sdpa"}
+    runs = results_store.load(runs_file)
+    for stage, record in made.items():
+        old = measured[stage]
+        assert record.machine == old.machine == "nvidia-h100-80gb-hbm3-x1"
+        assert record.asv_class == old.asv_class and record.runs == old.runs == 5
+        assert record.metrics["step_time_ms"].values == old.metrics["step_time_ms"].values
+        assert "step_floor_ms" not in old.metrics
+        own = [r for r in runs if r.stage == stage]
+        floors = [round(stats.step_floor(r.metrics.samples.measured_ms), 6) for r in own]
+        assert record.metrics["step_floor_ms"].values == floors
+        assert record.date == max(r.started_at for r in own)  # when measured, not summarized
+    # The floor's MDE95 the results file gives: 0.50%, 0.95%, 1.12%.
+    mde = {s: round(r.metrics["step_floor_ms"].mde_pct, 2) for s, r in made.items()}
+    assert mde == {"00_sdpa": 0.5, "01_kernelize_sdpa_compile": 0.95, "02_liger_sdpa": 1.12}
+    assert "floor MDE95" in capsys.readouterr().out
+
+
+def _on_gpu(result: Result, gpu: str, **workload) -> Result:
+    return dataclasses.replace(
+        result,
+        env={**result.env, "gpu": gpu, "gpu_count": 1},
+        workload={**result.workload, **workload},
+    )
+
+
+def test_from_keeps_machines_and_series_apart(tmp_path, monkeypatch):
+    """Processes of two machines, or of two settings of one stage (another asv series), never
+    make one spread; a group of fewer than three ok processes makes no record, and says so."""
+    monkeypatch.delenv("STAGEBENCH_ASV_MACHINE", raising=False)
+    base = [_result("00_sdpa", "ok", v, steps=[v, v + 1, v + 2]) for v in (100.0, 100.5, 99.5)]
+    h100 = [_on_gpu(r, "NVIDIA H100 80GB HBM3") for r in base]
+    h200 = [_on_gpu(r, "NVIDIA H200") for r in base]
+    frozen = [_on_gpu(r, "NVIDIA H100 80GB HBM3", host_gc="freeze") for r in base[:2]]
+    records, skipped = noise.resummarize([h100[0], h200[0], frozen[0], *h100[1:], *h200[1:]])
+    assert sorted((r.machine, r.runs) for r in records) == [
+        ("nvidia-h100-80gb-hbm3-x1", 3),
+        ("nvidia-h200-x1", 3),
+    ]
+    assert skipped == ["00_sdpa on nvidia-h100-80gb-hbm3-x1: 1 ok run(s), at least 3 needed"]
+    versions = {r.version for r in records}
+    assert len(versions) == 1  # both the default series; the frozen collector's is another
+
+
+def test_from_cpu_results_need_the_machine_named(tmp_path, monkeypatch, capsys):
+    """A CPU's asv name comes from facts a Result does not keep: --from asks for it rather than
+    filing another machine's runs under this one's name."""
+    monkeypatch.delenv("STAGEBENCH_ASV_MACHINE", raising=False)
+    runs = tmp_path / "runs.jsonl"
+    for v in (100.0, 100.5, 99.5):
+        results_store.append(runs, _result("00_sdpa", "ok", v, steps=[v, v + 1, v + 2]))
+    argv = ["noise", "--from", str(runs), "--results", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "STAGEBENCH_ASV_MACHINE" in err[0]
+    assert not (tmp_path / "out" / noise.LOG_NAME).exists()
+    monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", "ci-box")
+    assert cli.main(argv) == 0
+    (record,) = noise.load(tmp_path / "out")
+    assert record.machine == "ci-box" and record.runs == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--show"], 2, "give one"),
+        (["00_sdpa"], 2, "no STAGE or --subset"),
+        (["--from", "{tmp}/none.jsonl"], 2, "no such file"),
+        ([], 3, "makes a record"),
+    ],
+)
+def test_from_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, code, message):
+    monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", "ci-box")
+    runs = tmp_path / "runs.jsonl"
+    results_store.append(runs, _result("00_sdpa", "ok", 100.0))  # one process: no record
+    argv = ["noise", "--from", str(runs), "--results", str(tmp_path), *extra]
+    assert cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / noise.LOG_NAME).exists()

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -35,6 +36,9 @@ from stagebench.host_gc import MODES as HOST_GC_MODES
 from stagebench.models import PRESETS, ModelError, default_preset, load_config
 from stagebench.results import Result, StoreError
 from stagebench.workload import WORKLOADS, Workload, defaults_for, named
+
+if TYPE_CHECKING:
+    from stagebench.noise import StageNoise
 
 MATRICES = stages.MATRICES
 
@@ -158,6 +162,15 @@ def build_parser() -> Parser:
     )
     noise.add_argument(
         "--show", action="store_true", help="print the recorded noise in DIR, measure nothing"
+    )
+    noise.add_argument(
+        "--from",
+        dest="from_files",
+        type=Path,
+        action="append",
+        metavar="JSONL",
+        help="summarize the Results stored in JSONL (one per process; repeatable) into records, "
+        "measure nothing: a newer summary (the floor's) of processes already run",
     )
     _workload_args(noise)
     _bisect_release_args(sub)
@@ -517,6 +530,31 @@ def _compare(args: argparse.Namespace) -> int:
     return compare.exit_code(rows)
 
 
+def _store_noise(results_dir: Path, records: list[StageNoise], console: Console) -> bool:
+    """Append the records to the noise log; any that cannot be stored go to stderr, one JSON
+    line each, so what was measured is not lost. True when all were stored."""
+    from stagebench import noise
+
+    log = results_dir / noise.LOG_NAME
+    lost = []
+    for record in records:
+        try:
+            noise.append(results_dir, [record])
+        except StoreError as exc:
+            lost.append((record, exc))
+    if lost:
+        print(
+            f"stagebench: error: could not store {len(lost)} noise record(s) in {log}: "
+            f"{lost[-1][1].reason}; they follow",
+            file=sys.stderr,
+        )
+        for record, _ in lost:
+            print(json.dumps(record.to_dict(), sort_keys=True), file=sys.stderr)
+        return False
+    console.print(f"noise records appended to {log}", highlight=False)
+    return True
+
+
 def _noise(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
@@ -530,10 +568,31 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         raise BadInput(f"--results {args.results}: {log} is not a regular file")
     unstored: list[StoreError] = []
     done: list[Result] = []
+    if args.show and args.from_files:
+        raise BadInput("--show prints the records, --from makes them: give one")
     if args.show:
         records = noise.load(args.results)
         if not records:
             raise CannotJudgeError(f"no noise records in {args.results / noise.LOG_NAME}")
+    elif args.from_files:
+        if args.stages or args.subset:
+            raise BadInput("--from summarizes stored Results: give no STAGE or --subset")
+        stored: list[Result] = []
+        for path in args.from_files:
+            if not path.is_file():
+                raise BadInput(f"--from {path}: no such file")
+            stored += results.load(path)
+        try:
+            records, skipped = noise.resummarize(stored)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        for why in skipped:
+            console.print(f"  no record: {why}", highlight=False)
+        if not records:
+            raise CannotJudgeError(f"no stage in {len(stored)} stored Result(s) makes a record")
+        _check_store(log, flag=f"--results {args.results}:")
+        if not _store_noise(args.results, records, console):
+            return EXIT_NOT_DONE
     else:
         if args.runs < noise.MIN_RUNS:
             raise BadInput(f"--runs {args.runs}: at least {noise.MIN_RUNS} (5 or more advised)")
@@ -579,22 +638,8 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
             )
             return exc.exit_code
         records = noise.summarize(done, name)
-        lost = []
-        for record in records:
-            try:
-                noise.append(args.results, [record])
-            except StoreError as exc:
-                lost.append((record, exc))
-        if lost:  # what was measured is not lost: each record to stderr as one JSON line
-            print(
-                f"stagebench: error: could not store {len(lost)} noise record(s) in {log}: "
-                f"{lost[-1][1].reason}; they follow",
-                file=sys.stderr,
-            )
-            for record, _ in lost:
-                print(json.dumps(record.to_dict(), sort_keys=True), file=sys.stderr)
+        if not _store_noise(args.results, records, console):
             return EXIT_NOT_DONE
-        console.print(f"noise records appended to {log}", highlight=False)
     table = Table(title="run-to-run noise (separate processes)", title_justify="left")
     for header in noise.TABLE_HEADER:
         table.add_column(header, justify="left" if header == "stage" else "right")

@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import statistics
 import warnings
 from collections.abc import Iterable
@@ -162,8 +163,9 @@ def metric_noise(values: list[float], within: list[float] | None = None) -> Metr
     )
 
 
-def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
-    """One record per stage from its Results (one per process), in first-seen order."""
+def summarize(results: Iterable[Any], machine: str, date: str | None = None) -> list[StageNoise]:
+    """One record per stage from its Results (one per process), in first-seen order; `date`:
+    when they were measured (default: now)."""
     from stagebench.asv_suite import class_name_of, version_of
     from stagebench.workload import Workload, shape_name
 
@@ -202,7 +204,7 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
                 protocol=PROTOCOL_VERSION,
                 runs=len(ok),
                 metrics=metrics,
-                date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                date=date or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 commit=(first.env or {}).get("commit"),
                 packages=dict((ok[0].env if ok else first.env or {}).get("packages") or {}),
                 failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
@@ -210,6 +212,52 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
             )
         )
     return records
+
+
+def machine_of(result: Any) -> str | None:
+    """The asv machine name of the GPU machine a stored Result ran on (machine.name's rule, so
+    STAGEBENCH_ASV_MACHINE wins as it does for the history); None where its environment names
+    no GPU and nothing overrides: a CPU's name needs facts a Result does not keep."""
+    from stagebench import machine
+
+    env = result.env if isinstance(result.env, dict) else {}
+    gpu = env.get("gpu")
+    count = env.get("gpu_count")
+    if not isinstance(gpu, str) or not gpu.strip():
+        if not os.environ.get("STAGEBENCH_ASV_MACHINE", "").strip():
+            return None
+        gpu, count = "", 0  # name() returns the override before it reads the facts
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        count = 1
+    return machine.name({"gpu": gpu, "gpu_count": count})
+
+
+def resummarize(results: Iterable[Any]) -> tuple[list[StageNoise], list[str]]:
+    """Records from Results already stored (`stagebench noise --from`): one per machine, stage
+    and asv version, from at least MIN_RUNS ok processes, dated by the newest run. Only the
+    summary is new: a record made by a newer stagebench (the floor's, say) from the same
+    processes. Returns the records and, for each group that could not make one, why."""
+    from stagebench.asv_suite import version_of
+
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    skipped: list[str] = []
+    for result in results:
+        machine = machine_of(result)
+        if machine is None:
+            raise ValueError(
+                f"a {result.stage} Result names no GPU machine; set STAGEBENCH_ASV_MACHINE to "
+                "the name of the machine it ran on"
+            )
+        groups.setdefault((machine, result.stage, version_of(result)), []).append(result)
+    records = []
+    for (machine, stage, _), runs in groups.items():
+        ok = sum(r.status == "ok" and r.metrics is not None for r in runs)
+        if ok < MIN_RUNS:
+            skipped.append(f"{stage} on {machine}: {ok} ok run(s), at least {MIN_RUNS} needed")
+            continue
+        date = max((r.started_at for r in runs if r.started_at), default=None)
+        records += summarize(runs, machine, date=date)
+    return records, skipped
 
 
 def append(results_dir: Path, records: Iterable[StageNoise]) -> Path:
