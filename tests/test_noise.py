@@ -481,6 +481,19 @@ def test_from_gives_the_h100_runs_the_floor_records_they_predate(tmp_path, capsy
     assert "floor MDE95" in capsys.readouterr().out
 
 
+def test_from_takes_each_file_as_its_own_measurement(tmp_path):
+    """Two files are two measurements: another job's reference run of 00_sdpa (a cold first
+    step on another machine instance) joins neither the five processes' spread nor their round
+    1 rule (mixed, the first step's sigma was 72% instead of 10%)."""
+    flash_runs = H100 / "flash" / "noise-fa.jsonl"
+    argv = ["noise", "--from", str(H100 / "noise-runs.jsonl"), "--from", str(flash_runs)]
+    assert cli.main([*argv, "--results", str(tmp_path)]) == 0
+    made = noise.load(tmp_path)
+    assert len(made) == 9 and len({r.stage for r in made}) == 9
+    sdpa = next(r for r in made if r.stage == "00_sdpa")
+    assert sdpa.runs == 5 and sdpa.metrics["first_step_s"].sigma_pct < 15
+
+
 def _on_gpu(result: Result, gpu: str, **workload) -> Result:
     return dataclasses.replace(
         result,
@@ -532,12 +545,15 @@ def test_from_cpu_results_need_the_machine_named(tmp_path, monkeypatch, capsys):
         (["00_sdpa"], 2, "no STAGE or --subset"),
         (["--from", "{tmp}/none.jsonl"], 2, "no such file"),
         ([], 3, "makes a record"),
+        (["--from", "{tmp}/cpu.jsonl"], 2, "cpu.jsonl: a 00_sdpa Result names no GPU"),
     ],
 )
 def test_from_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, code, message):
-    monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", "ci-box")
+    monkeypatch.delenv("STAGEBENCH_ASV_MACHINE", raising=False)
     runs = tmp_path / "runs.jsonl"
-    results_store.append(runs, _result("00_sdpa", "ok", 100.0))  # one process: no record
+    one = _on_gpu(_result("00_sdpa", "ok", 100.0), "NVIDIA H100 80GB HBM3")
+    results_store.append(runs, one)  # one process: no record
+    results_store.append(tmp_path / "cpu.jsonl", _result("00_sdpa", "ok", 100.0))
     argv = ["noise", "--from", str(runs), "--results", str(tmp_path), *extra]
     assert cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == code
     err = capsys.readouterr().err.strip().splitlines()

@@ -169,8 +169,8 @@ def build_parser() -> Parser:
         type=Path,
         action="append",
         metavar="JSONL",
-        help="summarize the Results stored in JSONL (one per process; repeatable) into records, "
-        "measure nothing: a newer summary (the floor's) of processes already run",
+        help="summarize the Results stored in JSONL (one per process, as `noise --jsonl` keeps "
+        "them) into records, measure nothing; repeatable, each file its own measurement",
     )
     _workload_args(noise)
     _bisect_release_args(sub)
@@ -577,19 +577,20 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
     elif args.from_files:
         if args.stages or args.subset:
             raise BadInput("--from summarizes stored Results: give no STAGE or --subset")
-        stored: list[Result] = []
         for path in args.from_files:
             if not path.is_file():
                 raise BadInput(f"--from {path}: no such file")
-            stored += results.load(path)
-        try:
-            records, skipped = noise.resummarize(stored)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
-        for why in skipped:
-            console.print(f"  no record: {why}", highlight=False)
+        records = []
+        for path in args.from_files:  # one file, one measurement: its round 1 is its own
+            try:
+                made, skipped = noise.resummarize(results.load(path))
+            except ValueError as exc:
+                raise BadInput(f"--from {path}: {exc}") from None
+            records += made
+            for why in skipped:
+                console.print(f"  no record from {path}: {why}", highlight=False)
         if not records:
-            raise CannotJudgeError(f"no stage in {len(stored)} stored Result(s) makes a record")
+            raise CannotJudgeError("no stage of the stored Results makes a record")
         _check_store(log, flag=f"--results {args.results}:")
         if not _store_noise(args.results, records, console):
             return EXIT_NOT_DONE
