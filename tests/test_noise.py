@@ -494,11 +494,12 @@ def test_from_takes_each_file_as_its_own_measurement(tmp_path):
     assert sdpa.runs == 5 and sdpa.metrics["first_step_s"].sigma_pct < 15
 
 
-def _on_gpu(result: Result, gpu: str, **workload) -> Result:
+def _on_gpu(result: Result, gpu: str, when: str = "2026-12-06T08:00:00+00:00", **workload):
     return dataclasses.replace(
         result,
         env={**result.env, "gpu": gpu, "gpu_count": 1},
         workload={**result.workload, **workload},
+        started_at=when,
     )
 
 
@@ -506,7 +507,10 @@ def test_from_keeps_machines_and_series_apart(tmp_path, monkeypatch):
     """Processes of two machines, or of two settings of one stage (another asv series), never
     make one spread; a group of fewer than three ok processes makes no record, and says so."""
     monkeypatch.delenv("STAGEBENCH_ASV_MACHINE", raising=False)
-    base = [_result("00_sdpa", "ok", v, steps=[v, v + 1, v + 2]) for v in (100.0, 100.5, 99.5)]
+    base = [
+        dataclasses.replace(_result("00_sdpa", "ok", v, steps=[v, v + 1, v + 2]), model=str(v))
+        for v in (100.0, 100.5, 99.5)
+    ]  # three distinct processes (a Result stored twice counts once)
     h100 = [_on_gpu(r, "NVIDIA H100 80GB HBM3") for r in base]
     h200 = [_on_gpu(r, "NVIDIA H200") for r in base]
     frozen = [_on_gpu(r, "NVIDIA H100 80GB HBM3", host_gc="freeze") for r in base[:2]]
@@ -526,7 +530,8 @@ def test_from_cpu_results_need_the_machine_named(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("STAGEBENCH_ASV_MACHINE", raising=False)
     runs = tmp_path / "runs.jsonl"
     for v in (100.0, 100.5, 99.5):
-        results_store.append(runs, _result("00_sdpa", "ok", v, steps=[v, v + 1, v + 2]))
+        run = _result("00_sdpa", "ok", v, steps=[v, v + 1, v + 2])
+        results_store.append(runs, dataclasses.replace(run, started_at="2026-12-01T10:00:00Z"))
     argv = ["noise", "--from", str(runs), "--results", str(tmp_path / "out")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -545,7 +550,12 @@ def test_from_cpu_results_need_the_machine_named(tmp_path, monkeypatch, capsys):
         (["00_sdpa"], 2, "no STAGE or --subset"),
         (["--from", "{tmp}/none.jsonl"], 2, "no such file"),
         ([], 3, "makes a record"),
-        (["--from", "{tmp}/cpu.jsonl"], 2, "cpu.jsonl: a 00_sdpa Result names no GPU"),
+        (["--from", "{tmp}/cpu.jsonl"], 2, "cpu.jsonl: a 00_sdpa Result of no start time names"),
+        (["--from", "{tmp}/runs.jsonl"], 2, "given twice"),
+        (["--from", "{tmp}"], 2, "not a regular file"),
+        (["--runs", "5"], 2, "--jsonl and --runs do not apply"),
+        (["--from", "{tmp}/count.jsonl"], 2, "GPU count '8' is not a whole number"),
+        (["--from", "{tmp}/spec.jsonl"], 2, "ran 'sdpa+liger'; 00_sdpa is 'sdpa' now"),
     ],
 )
 def test_from_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, code, message):
@@ -554,8 +564,83 @@ def test_from_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, code, 
     one = _on_gpu(_result("00_sdpa", "ok", 100.0), "NVIDIA H100 80GB HBM3")
     results_store.append(runs, one)  # one process: no record
     results_store.append(tmp_path / "cpu.jsonl", _result("00_sdpa", "ok", 100.0))
+    counted = dataclasses.replace(one, env={**one.env, "gpu_count": "8"})
+    results_store.append(tmp_path / "count.jsonl", counted)
+    results_store.append(tmp_path / "spec.jsonl", dataclasses.replace(one, spec="sdpa+liger"))
     argv = ["noise", "--from", str(runs), "--results", str(tmp_path), *extra]
     assert cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / noise.LOG_NAME).exists()
+
+
+def _h100_like(tmp_path: Path, name: str, levels, commit="abc", when="2026-12-06T08:00:00+00:00"):
+    """A file of processes as `noise --jsonl` keeps them, on an H100."""
+    path = tmp_path / name
+    for i, v in enumerate(levels):
+        run = _on_gpu(_result("00_sdpa", "ok", v, steps=[v, v * 1.01, v * 1.02]), "NVIDIA H100")
+        start = when.replace("08:00", f"08:{i:02d}")
+        results_store.append(path, dataclasses.replace(run, started_at=start))
+        path.write_text(path.read_text().replace('"abc"', json.dumps(commit)))
+    return path
+
+
+def test_from_never_counts_a_process_twice_nor_mixes_measurements(tmp_path, capsys):
+    """A file appended to twice, the command run twice, or two commits' runs in one file (a
+    regression would pass for noise): each process counts once, each commit is its own
+    record, and a record already in the log is not written again."""
+    runs = _h100_like(tmp_path, "runs.jsonl", (100.0, 100.2, 99.9))
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(runs.read_text() * 2)
+    other = _h100_like(tmp_path, "other.jsonl", (108.0, 108.1, 108.3), commit="def")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(runs.read_text() + other.read_text())
+    out = tmp_path / "out"
+    assert cli.main(["noise", "--from", str(twice), "--results", str(out)]) == 0
+    (once,) = noise.load(out)
+    assert once.runs == 3 and once.metrics["step_time_ms"].df == 2
+    assert cli.main(["noise", "--from", str(runs), "--results", str(out)]) == 0
+    assert "already in" in capsys.readouterr().out and len(noise.load(out)) == 1
+    assert cli.main(["noise", "--from", str(mixed), "--results", str(out)]) == 0
+    by_commit = {r.commit: r for r in noise.load(out)}
+    assert set(by_commit) == {"abc", "def"}
+    assert by_commit["def"].metrics["step_time_ms"].sigma_pct < 0.5  # not the 8% between them
+
+
+def test_a_record_of_older_processes_appended_later_does_not_replace_a_newer_one(tmp_path):
+    """Priors follow the measurement's date, not the log's order: --from may append a summary
+    of last week's processes after tonight's measurement."""
+    newer, older = _record(0.05, date="2026-12-10T08:00:00+00:00"), _record(3.0, date="2026-12-06")
+    noise.append(tmp_path, [newer, older])
+    prior = noise.priors(noise.load(tmp_path), MACHINE)[(STAGE, "speed")]
+    assert prior.sigma == pytest.approx(newer.metrics["step_time_ms"].sigma_log)
+    assert "2026-12-10" in prior.source
+    noise.append(tmp_path, [_record(3.0, date="not a date")])  # a hand edit: counts as oldest
+    assert noise.priors(noise.load(tmp_path), MACHINE)[(STAGE, "speed")] == prior
+
+
+def test_from_survives_values_the_result_loader_lets_through(tmp_path, capsys):
+    """An infinite median or a packages field that is no object (hand edits the loader keeps):
+    the metric is left out, the record still made, no traceback."""
+    runs = _h100_like(tmp_path, "runs.jsonl", (100.0, 100.2, 99.9))
+    edited = [json.loads(line) for line in runs.read_text().splitlines()]
+    edited[0]["metrics"]["step_time_ms_median"] = float("inf")
+    for run in edited:
+        run["env"]["packages"] = [1]
+    runs.write_text("".join(json.dumps(run) + "\n" for run in edited))
+    assert cli.main(["noise", "--from", str(runs), "--results", str(tmp_path)]) == 0
+    (record,) = noise.load(tmp_path)
+    assert "step_time_ms" not in record.metrics  # two finite medians are no spread
+    assert len(record.metrics["step_floor_ms"].values) == 3 and record.packages == {}
+
+
+def test_from_a_file_that_cannot_be_read_is_one_line(tmp_path, capsys, monkeypatch):
+    runs = _h100_like(tmp_path, "runs.jsonl", (100.0, 100.2, 99.9))
+
+    def denied(path):  # fake: a permission error no root-run test can provoke for real
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(results_store, "load", denied)
+    assert cli.main(["noise", "--from", str(runs), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Permission denied" in err[0]

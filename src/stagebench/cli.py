@@ -152,7 +152,7 @@ def build_parser() -> Parser:
     noise.add_argument(
         "--subset", help=f"{' | '.join(MATRICES)} | STAGE,STAGE,... instead of STAGE arguments"
     )
-    noise.add_argument("--runs", type=int, default=5, help="processes per stage (default 5)")
+    noise.add_argument("--runs", type=int, help="processes per stage (default 5)")
     noise.add_argument(
         "--results",
         type=Path,
@@ -577,26 +577,40 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
     elif args.from_files:
         if args.stages or args.subset:
             raise BadInput("--from summarizes stored Results: give no STAGE or --subset")
+        if args.jsonl is not None or args.runs is not None:
+            raise BadInput("--from measures nothing: --jsonl and --runs do not apply")
+        files = {}
         for path in args.from_files:
-            if not path.is_file():
+            if not path.exists():
                 raise BadInput(f"--from {path}: no such file")
+            if not path.is_file():
+                raise BadInput(f"--from {path}: not a regular file")
+            if path.resolve() in files:
+                raise BadInput(f"--from {path}: given twice (its runs would count twice)")
+            files[path.resolve()] = path
         records = []
-        for path in args.from_files:  # one file, one measurement: its round 1 is its own
+        for path in files.values():  # one file, one measurement: its round 1 is its own
             try:
                 made, skipped = noise.resummarize(results.load(path))
-            except ValueError as exc:
+            except (OSError, ValueError) as exc:
                 raise BadInput(f"--from {path}: {exc}") from None
             records += made
             for why in skipped:
                 console.print(f"  no record from {path}: {why}", highlight=False)
         if not records:
             raise CannotJudgeError("no stage of the stored Results makes a record")
+        logged = {json.dumps(r.to_dict(), sort_keys=True) for r in noise.load(args.results)}
+        again = [r for r in records if json.dumps(r.to_dict(), sort_keys=True) in logged]
+        if again:  # the same summary of the same runs: a second copy would only add weight
+            console.print(f"  {len(again)} record(s) already in {log}: not added again")
+        new = [r for r in records if r not in again]
         _check_store(log, flag=f"--results {args.results}:")
-        if not _store_noise(args.results, records, console):
+        if new and not _store_noise(args.results, new, console):
             return EXIT_NOT_DONE
     else:
-        if args.runs < noise.MIN_RUNS:
-            raise BadInput(f"--runs {args.runs}: at least {noise.MIN_RUNS} (5 or more advised)")
+        runs = 5 if args.runs is None else args.runs
+        if runs < noise.MIN_RUNS:
+            raise BadInput(f"--runs {runs}: at least {noise.MIN_RUNS} (5 or more advised)")
         names = args.stages or _subset(args.subset, _device(args.device))
         if args.stages and args.subset:
             raise BadInput("give STAGE arguments or --subset, not both")
@@ -617,7 +631,7 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         console.print(
-            f"stagebench noise: {len(stage_list)} stage(s) x {args.runs} processes on "
+            f"stagebench noise: {len(stage_list)} stage(s) x {runs} processes on "
             f"{workload.model} ({workload.device}), machine {name}",
             highlight=False,
         )
@@ -627,7 +641,7 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
 
         try:
             done = noise.measure(
-                stage_list, workload, args.runs, store=args.jsonl, log_dir=args.log_dir,
+                stage_list, workload, runs, store=args.jsonl, log_dir=args.log_dir,
                 on_result=finished, on_store_error=lambda result, exc: unstored.append(exc),
             )  # fmt: skip
         except Cancelled as exc:

@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import statistics
 import warnings
 from collections.abc import Iterable
@@ -148,7 +149,7 @@ def mde_pct(sigma_pct: float) -> float:
 
 def metric_noise(values: list[float], within: list[float] | None = None) -> MetricNoise | None:
     """The spread of per-process values; None when fewer than MIN_RUNS are positive."""
-    kept = [v for v in values if v is not None and v > 0]
+    kept = [v for v in values if _positive(v)]
     if len(kept) < MIN_RUNS:
         return None
     sigma = statistics.stdev(math.log(v) for v in kept)
@@ -205,8 +206,8 @@ def summarize(results: Iterable[Any], machine: str, date: str | None = None) -> 
                 runs=len(ok),
                 metrics=metrics,
                 date=date or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                commit=(first.env or {}).get("commit"),
-                packages=dict((ok[0].env if ok else first.env or {}).get("packages") or {}),
+                commit=_commit(first),
+                packages=_packages(ok[0] if ok else first),
                 failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
                 version=version_of(first),
             )
@@ -217,46 +218,95 @@ def summarize(results: Iterable[Any], machine: str, date: str | None = None) -> 
 def machine_of(result: Any) -> str | None:
     """The asv machine name of the GPU machine a stored Result ran on (machine.name's rule, so
     STAGEBENCH_ASV_MACHINE wins as it does for the history); None where its environment names
-    no GPU and nothing overrides: a CPU's name needs facts a Result does not keep."""
+    no GPU and nothing overrides: a CPU's name needs facts a Result does not keep. A GPU name or
+    count that makes no name raises ValueError: a made-up `-x1` would file the runs elsewhere."""
     from stagebench import machine
 
+    if os.environ.get("STAGEBENCH_ASV_MACHINE", "").strip():
+        return machine.name({})  # the override, checked there
     env = result.env if isinstance(result.env, dict) else {}
-    gpu = env.get("gpu")
-    count = env.get("gpu_count")
-    if not isinstance(gpu, str) or not gpu.strip():
-        if not os.environ.get("STAGEBENCH_ASV_MACHINE", "").strip():
-            return None
-        gpu, count = "", 0  # name() returns the override before it reads the facts
+    gpu, count = env.get("gpu"), env.get("gpu_count")
+    if gpu is None:
+        return None
+    if not isinstance(gpu, str) or not re.search(r"[A-Za-z0-9]", gpu):
+        raise ValueError(f"its GPU {gpu!r} makes no machine name")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        count = 1
+        raise ValueError(f"its GPU count {count!r} is not a whole number of GPUs")
     return machine.name({"gpu": gpu, "gpu_count": count})
 
 
+def _started(result: Any) -> dt.datetime | None:
+    """When a stored run started, in UTC; None where its `started_at` is no ISO time with a
+    zone (then its measurement cannot be dated)."""
+    try:
+        when = dt.datetime.fromisoformat(result.started_at)
+    except (TypeError, ValueError):
+        return None
+    return when.astimezone(dt.UTC) if when.tzinfo else None
+
+
+def _commit(result: Any) -> str | None:
+    commit = result.env.get("commit") if isinstance(result.env, dict) else None
+    return commit if isinstance(commit, str) else None
+
+
+def _packages(result: Any) -> dict[str, str]:
+    env = result.env if isinstance(result.env, dict) else {}
+    packages = env.get("packages")
+    return dict(packages) if isinstance(packages, dict) else {}
+
+
+def _measurement(result: Any) -> tuple[Any, ...]:
+    """What one measurement shares: the code and packages it ran (runs of another commit or
+    release are another measurement, whose level would pass for noise here)."""
+    packages = tuple(sorted((str(k), str(v)) for k, v in _packages(result).items()))
+    return _commit(result), packages
+
+
 def resummarize(results: Iterable[Any]) -> tuple[list[StageNoise], list[str]]:
-    """Records from Results already stored (`stagebench noise --from`): one per machine, stage
-    and asv version, from at least MIN_RUNS ok processes, dated by the newest run. Only the
-    summary is new: a record made by a newer stagebench (the floor's, say) from the same
-    processes. Returns the records and, for each group that could not make one, why."""
+    """Records from Results already stored (`stagebench noise --from`): one per machine, stage,
+    asv version, commit and package set, from at least MIN_RUNS ok processes, dated by the
+    newest run. Only the summary is new: a record made by a newer stagebench (the floor's, say)
+    from the same processes. A Result stored twice counts once. Returns the records and, for
+    each group that could not make one, why; a Result that cannot be placed raises ValueError."""
+    from stagebench import stages
     from stagebench.asv_suite import version_of
 
-    groups: dict[tuple[str, str, str], list[Any]] = {}
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    seen: set[str] = set()
     skipped: list[str] = []
     for result in results:
-        machine = machine_of(result)
+        line = json.dumps(result.to_dict(), sort_keys=True)
+        if line in seen:
+            continue
+        seen.add(line)
+        where = f"a {result.stage} Result of {result.started_at or 'no start time'}"
+        try:
+            machine = machine_of(result)
+            stage = stages.resolve(result.stage)
+            version = version_of(result)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         if machine is None:
             raise ValueError(
-                f"a {result.stage} Result names no GPU machine; set STAGEBENCH_ASV_MACHINE to "
-                "the name of the machine it ran on"
+                f"{where} names no GPU machine; set STAGEBENCH_ASV_MACHINE to the name of the "
+                "machine it ran on"
             )
-        groups.setdefault((machine, result.stage, version_of(result)), []).append(result)
+        if result.spec != stage.spec:  # the stage id means something else now
+            raise ValueError(f"{where} ran {result.spec!r}; {result.stage} is {stage.spec!r} now")
+        key = (machine, result.stage, version, *_measurement(result))
+        groups.setdefault(key, []).append(result)
     records = []
-    for (machine, stage, _), runs in groups.items():
+    for (machine, stage, *_), runs in groups.items():
         ok = sum(r.status == "ok" and r.metrics is not None for r in runs)
+        dates = [d for d in map(_started, runs) if d is not None]
         if ok < MIN_RUNS:
             skipped.append(f"{stage} on {machine}: {ok} ok run(s), at least {MIN_RUNS} needed")
-            continue
-        date = max((r.started_at for r in runs if r.started_at), default=None)
-        records += summarize(runs, machine, date=date)
+        elif len(dates) < len(runs):
+            skipped.append(f"{stage} on {machine}: a run has no readable start time to date it")
+        else:
+            date = max(dates).isoformat(timespec="seconds")
+            records += summarize(runs, machine, date=date)
     return records, skipped
 
 
@@ -310,6 +360,15 @@ def versions(results_dir: Path) -> dict[str, str]:
     return found
 
 
+def _measured_at(record: StageNoise) -> dt.datetime:
+    """A record's date in UTC; an unreadable one counts as oldest (a hand edit, not news)."""
+    try:
+        when = dt.datetime.fromisoformat(record.date)
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def priors(
     records: Iterable[StageNoise], machine: str, current: dict[str, str] | None = None
 ) -> dict[tuple[str, str], judge.Prior]:
@@ -323,7 +382,9 @@ def priors(
     from stagebench.asv_suite import is_default_series
 
     found: dict[tuple[str, str], judge.Prior] = {}
-    for record in records:  # oldest first: a newer measurement replaces an older one
+    # The newest measurement wins, by its date, not its place in the log: `noise --from` may
+    # append a summary of older processes after a newer measurement. The log's order breaks ties.
+    for record in sorted(records, key=_measured_at):
         if record.machine != machine or record.protocol != PROTOCOL_VERSION:
             continue
         now = (current or {}).get(record.asv_class)
