@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 from asv_history import (
@@ -16,7 +19,7 @@ from asv_history import (
     write_history,
 )
 
-from stagebench import cli, compare, results
+from stagebench import cli, compare, noise, results
 from stagebench.results import Metrics, Result, Samples
 from stagebench.workload import Workload
 
@@ -279,3 +282,92 @@ def test_a_short_run_s_floor_says_why_only_the_minimum_effect_judges_it(tmp_path
     assert floor.verdict == "regressed" and floor.note == (
         "no 95% CI of the floor under 35 steps: the minimum effect alone"
     )
+
+
+# -- two result files judged with the stage's measured noise -----------------------------------
+
+H100 = Path(__file__).resolve().parents[1] / "docs" / "results" / "h100-2026-12-06"
+
+
+def _h100_processes() -> dict[str, list[Result]]:
+    """The H100 processes of nine stages, five each, and the noise records made from them."""
+    found: dict[str, list[Result]] = {}
+    for name in ("noise-runs.jsonl", "flash/noise-fa.jsonl"):
+        in_file: dict[str, list[Result]] = {}
+        for r in results.load(H100 / name):
+            if r.status == "ok":
+                in_file.setdefault(r.stage, []).append(r)
+        found.update({s: runs for s, runs in in_file.items() if len(runs) == 5})
+    return found
+
+
+def _slower(result: Result, factor: float) -> Result:
+    """The same process with every measured step `factor` times as long (a planted change)."""
+    m = result.metrics
+    samples = dataclasses.replace(
+        m.samples, measured_ms=[t * factor for t in m.samples.measured_ms]
+    )
+    metrics = dataclasses.replace(m, step_time_ms_median=m.step_time_ms_median * factor,
+                                  samples=samples)  # fmt: skip
+    return dataclasses.replace(result, metrics=metrics)
+
+
+def _verdicts(pairs, records) -> dict[str, list[str]]:
+    got: dict[str, list[str]] = {"step_time_ms": [], "step_floor_ms": []}
+    for before, after in pairs:
+        rows = compare.pair_rows([compare.Pair(before.stage, before, after)], Path("a"),
+                                 Path("b"), records)  # fmt: skip
+        for row in rows:
+            if row.metric in got:
+                got[row.metric].append(row.verdict)
+    return got
+
+
+def test_two_processes_of_the_same_code_are_judged_by_the_measured_noise():
+    """Each run's own CI misses what differs between processes: of the 180 ordered pairs of
+    same-code H100 processes, 8% differ by their CIs alone (16 medians, 14 floors); with the
+    stages' noise records (the same processes' MDE95), none does."""
+    records = noise.load_file(H100 / "noise-records-floor.jsonl")
+    pairs = [p for runs in _h100_processes().values() for p in itertools.permutations(runs, 2)]
+    assert len(pairs) == 180
+    alone = _verdicts(pairs, None)
+    assert sum(v != "same" for v in alone["step_time_ms"]) >= 10  # what the records fix
+    measured = _verdicts(pairs, records)
+    assert measured["step_time_ms"].count("same") == measured["step_floor_ms"].count("same") == 180
+
+
+def test_a_planted_2pct_slowdown_still_shows_where_the_noise_allows_it():
+    """Quiet stages (MDE95 under 1%): every pair with a 2% slower second process regresses. A
+    bimodal Liger stage (median MDE95 4.75%) is not held to 2% on its median (4 of 20 pairs
+    show it, where the two processes' own gap adds to it), but its floor (MDE95 1.12%) shows it
+    in 18 of 20."""
+    records = noise.load_file(H100 / "noise-records-floor.jsonl")
+    runs = _h100_processes()
+    for stage in ("00_sdpa", "00_fa3"):
+        pairs = [(a, _slower(b, 1.02)) for a, b in itertools.permutations(runs[stage], 2)]
+        got = _verdicts(pairs, records)
+        assert got["step_time_ms"] == ["regressed"] * 20, stage
+    pairs = [(a, _slower(b, 1.02)) for a, b in itertools.permutations(runs["02_liger_sdpa"], 2)]
+    got = _verdicts(pairs, records)
+    assert got["step_time_ms"].count("regressed") <= 5  # where the process pair's own gap adds
+    assert got["step_floor_ms"].count("regressed") >= 14
+
+
+def test_measured_noise_of_another_machine_or_series_is_not_used(tmp_path):
+    """A record of another machine (another GPU) gives no bar: the runs' own CIs judge."""
+    records = noise.load_file(H100 / "noise-records-floor.jsonl")
+    a, b = _h100_processes()["02_liger_sdpa"][:2]
+    elsewhere = [dataclasses.replace(r, machine="nvidia-h200-x1") for r in records]
+    (same_machine,) = [
+        r
+        for r in compare.pair_rows([compare.Pair("x", a, b)], Path("a"), Path("b"), records)
+        if r.metric == "step_time_ms"
+    ]
+    (other,) = [
+        r
+        for r in compare.pair_rows([compare.Pair("x", a, b)], Path("a"), Path("b"), elsewhere)
+        if r.metric == "step_time_ms"
+    ]
+    assert same_machine.bar_pct == pytest.approx(4.75, abs=0.01)
+    assert "MDE95 of 5 separate runs of 2026-12-06" in same_machine.note
+    assert other.bar_pct < 4 and "MDE95" not in (other.note or "")

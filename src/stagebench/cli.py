@@ -476,7 +476,7 @@ def _looks_like_file(value: str) -> bool:
 
 def _compare(args: argparse.Namespace) -> int:
     _needs_asv("compare")
-    from stagebench import compare, explain, history
+    from stagebench import compare, explain, history, noise
 
     try:
         (file_a, stage_a), (file_b, stage_b) = map(
@@ -495,7 +495,8 @@ def _compare(args: argparse.Namespace) -> int:
                     f"one of each: {args.before!r}, {args.after!r}"
                 )
             pairs = compare.pairs_from_files(Path(file_a), Path(file_b), stage_a, stage_b)
-            rows = compare.pair_rows(pairs, Path(file_a), Path(file_b))
+            records = noise.load(args.results) if args.results.is_dir() else []
+            rows = compare.pair_rows(pairs, Path(file_a), Path(file_b), records)
         else:
             rows = compare.commits(
                 args.results,

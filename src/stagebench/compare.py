@@ -247,12 +247,45 @@ def _ci(value: object) -> float | None:
 
 
 def result_sets(
-    a: Path, b: Path, stage_a: str | None = None, stage_b: str | None = None
+    a: Path,
+    b: Path,
+    stage_a: str | None = None,
+    stage_b: str | None = None,
+    records: list[noise.StageNoise] | None = None,
 ) -> list[Row]:
-    return pair_rows(pairs_from_files(a, b, stage_a, stage_b), a, b)
+    return pair_rows(pairs_from_files(a, b, stage_a, stage_b), a, b, records)
 
 
-def pair_rows(pairs: list[Pair], a: Path, b: Path) -> list[Row]:
+def _measured_priors(
+    ra: results.Result, rb: results.Result, records: list[noise.StageNoise]
+) -> dict[str, judge.Prior]:
+    """{family: prior} from the noise records of the machine both runs ran on, for their asv
+    series; empty where they ran on different or unnamed machines or series."""
+    from stagebench.asv_suite import class_name_of, version_of
+
+    try:
+        machine = noise.machine_of(ra)
+        same = machine is not None and machine == noise.machine_of(rb)
+        asv_class, version = f"stages.{class_name_of(ra)}", version_of(ra)
+        same = same and (asv_class, version) == (f"stages.{class_name_of(rb)}", version_of(rb))
+    except ValueError:  # a stage unknown now, a GPU that makes no machine name
+        return {}
+    if not same:
+        return {}
+    found = noise.priors(records, machine, {asv_class: version})
+    return {family: prior for (cls, family), prior in found.items() if cls == asv_class}
+
+
+def _mde_of(prior: judge.Prior) -> float:
+    return noise.mde_pct(100 * math.expm1(prior.sigma))
+
+
+def pair_rows(
+    pairs: list[Pair], a: Path, b: Path, records: list[noise.StageNoise] | None = None
+) -> list[Row]:
+    """`records`: the noise log of the history (`stagebench noise`); where the two runs share
+    a machine and a series with a record, a family's bar is at least its measured MDE95 (two
+    single processes), since each run's own CI misses what differs between processes."""
     mismatched = [
         f"{pair.label}: {', '.join(diff)}"
         for pair in pairs
@@ -271,6 +304,7 @@ def pair_rows(pairs: list[Pair], a: Path, b: Path) -> list[Row]:
             missing = Row(stage, OK_METRIC, None, None, None, None, None, "missing")
             rows.append(Row(**{**asdict(missing), "note": f"no result in {pair.missing_in}"}))
             continue
+        priors = _measured_priors(ra, rb, records or [])
         ok = (int(ra.status == "ok"), int(rb.status == "ok"))
         verdict = {(1, 0): "regressed", (0, 1): "improved"}.get(ok, "same")
         note = f"{ra.status} -> {rb.status}" if ra.status != rb.status else None
@@ -292,9 +326,15 @@ def pair_rows(pairs: list[Pair], a: Path, b: Path) -> list[Row]:
                 # Speed and the floor: both runs' own CIs of the median or the floor, added;
                 # memory has none and is judged by the minimum effect alone, as its row says.
                 cis = [_ci(m.ci95_pct_of(metric.family)) for m in (ra.metrics, rb.metrics)]
-                noise = None if None in cis else sum(c for c in cis if c is not None)
-                j = judge.compare_runs(va, vb, metric.worse, noise)
-                if metric.family == "floor" and noise is None:
+                within = None if None in cis else sum(c for c in cis if c is not None)
+                prior = priors.get(metric.family)
+                mde = None if prior is None else _mde_of(prior)
+                bar = within if mde is None else max(within or 0.0, mde)
+                j = judge.compare_runs(va, vb, metric.worse, bar)
+                if mde is not None and mde >= (within or 0.0):
+                    why = f"noise: the MDE95 of {prior.source}"
+                    j = dataclasses.replace(j, reason=why)
+                elif metric.family == "floor" and within is None:
                     steps = stats.FLOOR_MIN_CI_STEPS
                     why = f"no 95% CI of the floor under {steps} steps: the minimum effect alone"
                     j = dataclasses.replace(j, reason=why)
