@@ -325,8 +325,8 @@ def _verdicts(pairs, records) -> dict[str, list[str]]:
 
 def test_two_processes_of_the_same_code_are_judged_by_the_measured_noise():
     """Each run's own CI misses what differs between processes: of the 180 ordered pairs of
-    same-code H100 processes, 8% differ by their CIs alone (16 medians, 14 floors); with the
-    stages' noise records (the same processes' MDE95), none does."""
+    same-code H100 processes, 8% differ by their CIs alone (16 medians, 14 floors); judged with
+    the stages' noise records, none does. In-sample: the records are these processes' own."""
     records = noise.load_file(H100 / "noise-records-floor.jsonl")
     pairs = [p for runs in _h100_processes().values() for p in itertools.permutations(runs, 2)]
     assert len(pairs) == 180
@@ -337,23 +337,24 @@ def test_two_processes_of_the_same_code_are_judged_by_the_measured_noise():
 
 
 def test_a_planted_2pct_slowdown_still_shows_where_the_noise_allows_it():
-    """Quiet stages (MDE95 under 1%): every pair with a 2% slower second process regresses. A
-    bimodal Liger stage (median MDE95 4.75%) is not held to 2% on its median (4 of 20 pairs
-    show it, where the two processes' own gap adds to it), but its floor (MDE95 1.12%) shows it
-    in 18 of 20."""
+    """By the judge's rule for two single points with the measured noise (99% one-sided, t of
+    the record's 4 degrees of freedom, as `regressions` and the nightly): a quiet stage's 2%
+    slower second process regresses in every pair, median and floor; a bimodal Liger stage is
+    not held to 2% on its median (noise 1.69%), its floor (0.40%) shows it in some pairs."""
     records = noise.load_file(H100 / "noise-records-floor.jsonl")
     runs = _h100_processes()
-    for stage in ("00_sdpa", "00_fa3"):
-        pairs = [(a, _slower(b, 1.02)) for a, b in itertools.permutations(runs[stage], 2)]
-        got = _verdicts(pairs, records)
-        assert got["step_time_ms"] == ["regressed"] * 20, stage
+    pairs = [(a, _slower(b, 1.02)) for a, b in itertools.permutations(runs["00_sdpa"], 2)]
+    got = _verdicts(pairs, records)
+    assert got["step_time_ms"] == got["step_floor_ms"] == ["regressed"] * 20
+    pairs = [(a, _slower(b, 1.02)) for a, b in itertools.permutations(runs["00_fa3"], 2)]
+    assert _verdicts(pairs, records)["step_floor_ms"] == ["regressed"] * 20
     pairs = [(a, _slower(b, 1.02)) for a, b in itertools.permutations(runs["02_liger_sdpa"], 2)]
     got = _verdicts(pairs, records)
-    assert got["step_time_ms"].count("regressed") <= 5  # where the process pair's own gap adds
-    assert got["step_floor_ms"].count("regressed") >= 14
+    assert "regressed" not in got["step_time_ms"]
+    assert got["step_floor_ms"].count("regressed") >= 5  # 8 of 20
 
 
-def test_measured_noise_of_another_machine_or_series_is_not_used(tmp_path):
+def test_measured_noise_of_another_machine_or_series_is_not_used(tmp_path, monkeypatch):
     """A record of another machine (another GPU) gives no bar: the runs' own CIs judge."""
     records = noise.load_file(H100 / "noise-records-floor.jsonl")
     a, b = _h100_processes()["02_liger_sdpa"][:2]
@@ -368,6 +369,30 @@ def test_measured_noise_of_another_machine_or_series_is_not_used(tmp_path):
         for r in compare.pair_rows([compare.Pair("x", a, b)], Path("a"), Path("b"), elsewhere)
         if r.metric == "step_time_ms"
     ]
-    assert same_machine.bar_pct == pytest.approx(4.75, abs=0.01)
-    assert "MDE95 of 5 separate runs of 2026-12-06" in same_machine.note
+    assert "noise 1.69% (MDE95 4.75%) of 5 separate runs of 2026-12-06" in same_machine.note
+    assert same_machine.bar_pct > 8  # t(4) at 99% x sqrt(2) x 1.69%
     assert other.bar_pct < 4 and "MDE95" not in (other.note or "")
+    a_env = {**a.env, "gpu": "NVIDIA A100-SXM4-80GB"}  # the runs' own GPUs must agree
+    moved = dataclasses.replace(a, env=a_env)
+    pair = compare.Pair("x", moved, b)
+    (row,) = [r for r in compare.pair_rows([pair], Path("a"), Path("b"), records)
+              if r.metric == "step_time_ms"]  # fmt: skip
+    assert "MDE95" not in (row.note or "")
+    # The machine override names a history; it does not make an A100 run an H100's.
+    monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", "nvidia-h100-80gb-hbm3-x1")
+    (row,) = [r for r in compare.pair_rows([pair], Path("a"), Path("b"), records)
+              if r.metric == "step_time_ms"]  # fmt: skip
+    assert "MDE95" not in (row.note or "")
+    # A stage id that meant another spec when the runs were made: not that series' noise.
+    respec = compare.Pair("x", *(dataclasses.replace(r, spec="fa2") for r in (a, b)))
+    (row,) = [r for r in compare.pair_rows([respec], Path("a"), Path("b"), records)
+              if r.metric == "step_time_ms"]  # fmt: skip
+    assert "MDE95" not in (row.note or "")
+
+
+def test_compare_files_with_a_results_path_that_is_no_directory_is_bad_input(tmp_path, capsys):
+    a = H100 / "noise-runs.jsonl"
+    (tmp_path / "log").write_text("")
+    code = cli.main(["compare", f"{a}#00_sdpa", f"{a}#00_sdpa", "--results", str(tmp_path / "log")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a directory" in err[0]

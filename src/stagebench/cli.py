@@ -495,6 +495,8 @@ def _compare(args: argparse.Namespace) -> int:
                     f"one of each: {args.before!r}, {args.after!r}"
                 )
             pairs = compare.pairs_from_files(Path(file_a), Path(file_b), stage_a, stage_b)
+            if args.results.exists() and not args.results.is_dir():
+                raise BadInput(f"--results {args.results} is not a directory (its noise records)")
             records = noise.load(args.results) if args.results.is_dir() else []
             rows = compare.pair_rows(pairs, Path(file_a), Path(file_b), records)
         else:

@@ -4,8 +4,11 @@ Commits: each series' value at the second commit is judged against the level the
 belongs to (its segment of history up to it), with that segment's own noise; fewer than
 judge.MIN_BASELINE points there and the row says so instead of guessing.
 Result sets: the two runs' own 95% confidence half-widths of the median step time (of the
-step-time floor), added, are the noise of the speed (floor) family; memory is judged by the
-minimum effect alone; a first-step time is one value per run, so it is shown, not judged.
+step-time floor), added, are the noise of the speed (floor) family; where the history holds a
+noise record (`stagebench noise`) for the machine and series both ran, the judge's rule for two
+single points with that measured noise applies too, and the higher bar decides (one run's CI
+misses what differs between processes). Memory is judged by the minimum effect alone; a
+first-step time is one value per run, so it is shown, not judged.
 Stages must have run the same workload.
 `FILE#STAGE` on either side picks one stage, so two different stages can be compared (a side
 without a selector takes the other side's stage); `#` because specs hold `:` and `=`.
@@ -256,28 +259,64 @@ def result_sets(
     return pair_rows(pairs_from_files(a, b, stage_a, stage_b), a, b, records)
 
 
+def _gpu_of(result: results.Result) -> tuple[object, object] | None:
+    env = result.env if isinstance(result.env, dict) else {}
+    return (env.get("gpu"), env.get("gpu_count")) if env.get("gpu") else None
+
+
 def _measured_priors(
     ra: results.Result, rb: results.Result, records: list[noise.StageNoise]
 ) -> dict[str, judge.Prior]:
-    """{family: prior} from the noise records of the machine both runs ran on, for their asv
-    series; empty where they ran on different or unnamed machines or series."""
+    """{family: prior} of the speed and floor families from the noise records of the machine
+    both runs ran on, for the series both ran; empty where the runs name different or no GPUs,
+    ran another spec than their stage's now, or another series (spec, shape, collector ...)."""
+    from stagebench import stages
     from stagebench.asv_suite import class_name_of, version_of
+    from stagebench.workload import Workload, shape_name
 
+    gpu = _gpu_of(ra)
+    if gpu is None or gpu != _gpu_of(rb) or ra.spec != rb.spec:
+        return {}  # the override names a history, not the runs' machine: the envs must agree
     try:
+        if stages.resolve(ra.stage).spec != ra.spec:  # the stage id means another spec now
+            return {}
         machine = noise.machine_of(ra)
-        same = machine is not None and machine == noise.machine_of(rb)
         asv_class, version = f"stages.{class_name_of(ra)}", version_of(ra)
-        same = same and (asv_class, version) == (f"stages.{class_name_of(rb)}", version_of(rb))
-    except ValueError:  # a stage unknown now, a GPU that makes no machine name
+        same = (asv_class, version) == (f"stages.{class_name_of(rb)}", version_of(rb))
+        shape = shape_name(Workload.from_dict(ra.workload))
+    except (ValueError, TypeError):  # a stage unknown now, a GPU that makes no machine name
         return {}
-    if not same:
+    if machine is None or not same:
         return {}
-    found = noise.priors(records, machine, {asv_class: version})
-    return {family: prior for (cls, family), prior in found.items() if cls == asv_class}
+    mine = [r for r in records if r.shape == shape]  # older records keep no version
+    found = noise.priors(mine, machine, {asv_class: version})
+    return {
+        family: prior
+        for (cls, family), prior in found.items()
+        if cls == asv_class and family in results.WITHIN_RUN_CI_FAMILIES
+    }
 
 
-def _mde_of(prior: judge.Prior) -> float:
-    return noise.mde_pct(100 * math.expm1(prior.sigma))
+def _judge_pair(
+    va: float, vb: float, worse: int, within: float | None, prior: judge.Prior | None
+) -> tuple[judge.Judgement, bool]:
+    """Two single runs: by their own CIs added (`within`), and, with a measured prior, by the
+    judge's rule for two single points with that noise (as `regressions` and the nightly
+    judge); the higher bar decides, so neither what one run's CI misses between processes nor
+    a run noisier than the record passes for a change. True where the prior decided."""
+    own = judge.compare_runs(va, vb, worse, within)
+    if prior is None or va <= 0 or vb <= 0:
+        return own, False
+    measured = judge.compare_levels([va], [vb], worse, prior=prior)
+    if (measured.bar_pct or 0.0) <= (own.bar_pct or 0.0):
+        return own, False
+    sigma = 100 * math.expm1(prior.sigma)
+    why = f"noise {sigma:.2f}% (MDE95 {prior_mde_pct(prior):.2f}%) of {prior.source}"
+    return dataclasses.replace(measured, reason=why), True
+
+
+def prior_mde_pct(prior: judge.Prior) -> float:
+    return 100 * math.expm1(prior.mde)
 
 
 def pair_rows(
@@ -327,14 +366,8 @@ def pair_rows(
                 # memory has none and is judged by the minimum effect alone, as its row says.
                 cis = [_ci(m.ci95_pct_of(metric.family)) for m in (ra.metrics, rb.metrics)]
                 within = None if None in cis else sum(c for c in cis if c is not None)
-                prior = priors.get(metric.family)
-                mde = None if prior is None else _mde_of(prior)
-                bar = within if mde is None else max(within or 0.0, mde)
-                j = judge.compare_runs(va, vb, metric.worse, bar)
-                if mde is not None and mde >= (within or 0.0):
-                    why = f"noise: the MDE95 of {prior.source}"
-                    j = dataclasses.replace(j, reason=why)
-                elif metric.family == "floor" and within is None:
+                j, by_prior = _judge_pair(va, vb, metric.worse, within, priors.get(metric.family))
+                if metric.family == "floor" and within is None and not by_prior:
                     steps = stats.FLOOR_MIN_CI_STEPS
                     why = f"no 95% CI of the floor under {steps} steps: the minimum effect alone"
                     j = dataclasses.replace(j, reason=why)
