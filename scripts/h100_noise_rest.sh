@@ -6,11 +6,11 @@
 #   1 reference  00_sdpa once: the step-0 loss every other stage is checked against
 #   2 noise-sdpa `stagebench noise` over the two running SDPA rows with no five-process record,
 #                five processes each, round by round on an empty compile cache (round 1 cold)
-#   3 flash      FlashAttention 2 built from FLASH_DIR (its build.sh)
-#   4 noise-kfa2 the same for 01_kernelize_fa2_compile: does its first step still recompile every
+#   3 noise-k    01_kernelize_sdpa_compile again, five processes: its floor, on another instance
+#   4 flash      FlashAttention 2 built from FLASH_DIR (its build.sh)
+#   5 noise-kfa2 the same for 01_kernelize_fa2_compile: does its first step still recompile every
 #                layer on a warm cache (307 s on 2026-11-25, before the inductor cache was chosen
 #                by the parent)?
-#   5 noise-k    01_kernelize_sdpa_compile again, five processes: its floor, on another instance
 #   usage: scripts/h100_noise_rest.sh FLASH_DIR
 set -uo pipefail
 flash=${1:?usage: $0 FLASH_DIR}
@@ -31,11 +31,11 @@ done
 
 timed noise-sdpa stagebench noise 04_liger_cce_sdpa 05_kernelize_cce_sdpa_compile --runs 5 \
     --results "$job/noise" --jsonl "$job/noise-sdpa.jsonl"
+timed noise-k stagebench noise 01_kernelize_sdpa_compile --runs 5 \
+    --results "$job/noise" --jsonl "$job/noise-k.jsonl"
 timed flash bash "$flash/build.sh" fa2
 stagebench env --json > "$job/env-flash.json" 2>&1
 timed noise-kfa2 stagebench noise 01_kernelize_fa2_compile --runs 5 \
     --results "$job/noise" --jsonl "$job/noise-kfa2.jsonl"
-timed noise-k stagebench noise 01_kernelize_sdpa_compile --runs 5 \
-    --results "$job/noise" --jsonl "$job/noise-k.jsonl"
 
 cat "$times"
