@@ -522,6 +522,10 @@ def test_from_keeps_machines_and_series_apart(tmp_path, monkeypatch):
     assert skipped == ["00_sdpa on nvidia-h100-80gb-hbm3-x1: 1 ok run(s), at least 3 needed"]
     versions = {r.version for r in records}
     assert len(versions) == 1  # both the default series; the frozen collector's is another
+    # One name for a history does not make two GPUs one measurement.
+    monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", "ci-box")
+    records, _ = noise.resummarize([*h100, *h200])
+    assert [(r.machine, r.runs) for r in records] == [("ci-box", 3), ("ci-box", 3)]
 
 
 def test_from_cpu_results_need_the_machine_named(tmp_path, monkeypatch, capsys):

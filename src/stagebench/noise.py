@@ -257,10 +257,12 @@ def _packages(result: Any) -> dict[str, str]:
 
 
 def _measurement(result: Any) -> tuple[Any, ...]:
-    """What one measurement shares: the code and packages it ran (runs of another commit or
-    release are another measurement, whose level would pass for noise here)."""
+    """What one measurement shares: the GPU, code and packages it ran (runs of another commit
+    or release are another measurement, whose level would pass for noise here; so are another
+    GPU's, which the machine override would file under one name)."""
+    env = result.env if isinstance(result.env, dict) else {}
     packages = tuple(sorted((str(k), str(v)) for k, v in _packages(result).items()))
-    return _commit(result), packages
+    return str(env.get("gpu")), str(env.get("gpu_count")), _commit(result), packages
 
 
 def resummarize(results: Iterable[Any]) -> tuple[list[StageNoise], list[str]]:
