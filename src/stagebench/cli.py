@@ -558,6 +558,37 @@ def _store_noise(results_dir: Path, records: list[StageNoise], console: Console)
     return True
 
 
+def _noise_from_files(args: argparse.Namespace, console: Console) -> list[StageNoise]:
+    """`noise --from`: the records the stored Results make, each file its own measurement."""
+    from stagebench import noise
+
+    if args.stages or args.subset:
+        raise BadInput("--from summarizes stored Results: give no STAGE or --subset")
+    if args.jsonl is not None or args.runs is not None:
+        raise BadInput("--from measures nothing: --jsonl and --runs do not apply")
+    files: dict[Path, Path] = {}
+    for path in args.from_files:
+        if not path.exists():
+            raise BadInput(f"--from {path}: no such file")
+        if not path.is_file():
+            raise BadInput(f"--from {path}: not a regular file")
+        if path.resolve() in files:
+            raise BadInput(f"--from {path}: given twice (its runs would count twice)")
+        files[path.resolve()] = path
+    records = []
+    for path in files.values():  # one file, one measurement: its round 1 is its own
+        try:
+            made, skipped = noise.resummarize(results.load(path))
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"--from {path}: {exc}") from None
+        records += made
+        for why in skipped:
+            console.print(f"  no record from {path}: {why}", highlight=False)
+    if not records:
+        raise CannotJudgeError("no stage of the stored Results makes a record")
+    return records
+
+
 def _noise(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
@@ -578,30 +609,7 @@ def _noise(args: argparse.Namespace, console: Console) -> int:
         if not records:
             raise CannotJudgeError(f"no noise records in {args.results / noise.LOG_NAME}")
     elif args.from_files:
-        if args.stages or args.subset:
-            raise BadInput("--from summarizes stored Results: give no STAGE or --subset")
-        if args.jsonl is not None or args.runs is not None:
-            raise BadInput("--from measures nothing: --jsonl and --runs do not apply")
-        files = {}
-        for path in args.from_files:
-            if not path.exists():
-                raise BadInput(f"--from {path}: no such file")
-            if not path.is_file():
-                raise BadInput(f"--from {path}: not a regular file")
-            if path.resolve() in files:
-                raise BadInput(f"--from {path}: given twice (its runs would count twice)")
-            files[path.resolve()] = path
-        records = []
-        for path in files.values():  # one file, one measurement: its round 1 is its own
-            try:
-                made, skipped = noise.resummarize(results.load(path))
-            except (OSError, ValueError) as exc:
-                raise BadInput(f"--from {path}: {exc}") from None
-            records += made
-            for why in skipped:
-                console.print(f"  no record from {path}: {why}", highlight=False)
-        if not records:
-            raise CannotJudgeError("no stage of the stored Results makes a record")
+        records = _noise_from_files(args, console)
         logged = {json.dumps(r.to_dict(), sort_keys=True) for r in noise.load(args.results)}
         again = [r for r in records if json.dumps(r.to_dict(), sort_keys=True) in logged]
         if again:  # the same summary of the same runs: a second copy would only add weight
