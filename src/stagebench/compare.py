@@ -323,8 +323,9 @@ def pair_rows(
     pairs: list[Pair], a: Path, b: Path, records: list[noise.StageNoise] | None = None
 ) -> list[Row]:
     """`records`: the noise log of the history (`stagebench noise`); where the two runs share
-    a machine and a series with a record, a family's bar is at least its measured MDE95 (two
-    single processes), since each run's own CI misses what differs between processes."""
+    a GPU and a series with a record, the speed and floor families are also judged by the
+    judge's rule for two single points with that noise (see _judge_pair), since each run's own
+    CI misses what differs between processes."""
     mismatched = [
         f"{pair.label}: {', '.join(diff)}"
         for pair in pairs
