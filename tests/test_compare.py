@@ -287,6 +287,7 @@ def test_a_short_run_s_floor_says_why_only_the_minimum_effect_judges_it(tmp_path
 # -- two result files judged with the stage's measured noise -----------------------------------
 
 H100 = Path(__file__).resolve().parents[1] / "docs" / "results" / "h100-2026-12-06"
+BY_RECORD = "the judge's bar for two single runs"  # the note of a bar the noise record set
 
 
 def _h100_processes() -> dict[str, list[Result]]:
@@ -369,25 +370,60 @@ def test_measured_noise_of_another_machine_or_series_is_not_used(tmp_path, monke
         for r in compare.pair_rows([compare.Pair("x", a, b)], Path("a"), Path("b"), elsewhere)
         if r.metric == "step_time_ms"
     ]
-    assert "noise 1.69% (MDE95 4.75%) of 5 separate runs of 2026-12-06" in same_machine.note
+    assert "noise 1.69% of 5 separate runs of 2026-12-06: the judge's bar" in same_machine.note
     assert same_machine.bar_pct > 8  # t(4) at 99% x sqrt(2) x 1.69%
-    assert other.bar_pct < 4 and "MDE95" not in (other.note or "")
+    assert other.bar_pct < 4 and BY_RECORD not in (other.note or "")
     a_env = {**a.env, "gpu": "NVIDIA A100-SXM4-80GB"}  # the runs' own GPUs must agree
     moved = dataclasses.replace(a, env=a_env)
     pair = compare.Pair("x", moved, b)
     (row,) = [r for r in compare.pair_rows([pair], Path("a"), Path("b"), records)
               if r.metric == "step_time_ms"]  # fmt: skip
-    assert "MDE95" not in (row.note or "")
+    assert BY_RECORD not in (row.note or "")
     # The machine override names a history; it does not make an A100 run an H100's.
     monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", "nvidia-h100-80gb-hbm3-x1")
     (row,) = [r for r in compare.pair_rows([pair], Path("a"), Path("b"), records)
               if r.metric == "step_time_ms"]  # fmt: skip
-    assert "MDE95" not in (row.note or "")
+    assert BY_RECORD not in (row.note or "")
     # A stage id that meant another spec when the runs were made: not that series' noise.
     respec = compare.Pair("x", *(dataclasses.replace(r, spec="fa2") for r in (a, b)))
     (row,) = [r for r in compare.pair_rows([respec], Path("a"), Path("b"), records)
               if r.metric == "step_time_ms"]  # fmt: skip
-    assert "MDE95" not in (row.note or "")
+    assert BY_RECORD not in (row.note or "")
+
+
+def test_an_older_record_without_a_version_is_not_another_shape_s_noise():
+    """Records from before they kept their series' version are used for the default series
+    only, and only for the shape they were measured at."""
+    records = noise.load_file(H100 / "noise-records-floor.jsonl")
+    a, b = _h100_processes()["02_liger_sdpa"][:2]
+    pair = compare.Pair("x", a, b)
+    unversioned = [dataclasses.replace(r, version="") for r in records]
+    other_shape = [dataclasses.replace(r, shape="b2x1024") for r in unversioned]
+
+    def note(recs):
+        (row,) = [r for r in compare.pair_rows([pair], Path("a"), Path("b"), recs)
+                  if r.metric == "step_time_ms"]  # fmt: skip
+        return row.note or ""
+
+    assert BY_RECORD in note(unversioned)
+    assert BY_RECORD not in note(other_shape)
+
+
+def test_a_run_noisier_than_the_record_keeps_its_own_wider_bar():
+    """The higher bar decides: a run whose own CI is wider than the record's bar (a loaded
+    machine tonight) is judged by its CI, not by the quieter record."""
+    records = noise.load_file(H100 / "noise-records-floor.jsonl")
+    a, b = _h100_processes()["00_sdpa"][:2]
+    loud = dataclasses.replace(b.metrics, step_time_ci95_pct=6.0)
+    pair = compare.Pair("x", a, dataclasses.replace(_slower(b, 1.04), metrics=dataclasses.replace(
+        _slower(b, 1.04).metrics, step_time_ci95_pct=loud.step_time_ci95_pct)))  # fmt: skip
+    (row,) = [r for r in compare.pair_rows([pair], Path("a"), Path("b"), records)
+              if r.metric == "step_time_ms"]  # fmt: skip
+    assert row.verdict == "same" and row.bar_pct > 6 and BY_RECORD not in (row.note or "")
+    quiet = compare.Pair("x", a, _slower(b, 1.04))
+    (row,) = [r for r in compare.pair_rows([quiet], Path("a"), Path("b"), records)
+              if r.metric == "step_time_ms"]  # fmt: skip
+    assert row.verdict == "regressed"
 
 
 def test_compare_files_with_a_results_path_that_is_no_directory_is_bad_input(tmp_path, capsys):

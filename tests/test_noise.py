@@ -482,16 +482,61 @@ def test_from_gives_the_h100_runs_the_floor_records_they_predate(tmp_path, capsy
 
 
 def test_from_takes_each_file_as_its_own_measurement(tmp_path):
-    """Two files are two measurements: another job's reference run of 00_sdpa (a cold first
-    step on another machine instance) joins neither the five processes' spread nor their round
-    1 rule (mixed, the first step's sigma was 72% instead of 10%)."""
-    flash_runs = H100 / "flash" / "noise-fa.jsonl"
-    argv = ["noise", "--from", str(H100 / "noise-runs.jsonl"), "--from", str(flash_runs)]
-    assert cli.main([*argv, "--results", str(tmp_path)]) == 0
+    """Two files are two measurements, even of one commit and package set: the first two
+    rounds of the H100 processes in one file make no record (two runs), the last three in
+    another make records of three, and nothing is pooled into five."""
+    lines = (H100 / "noise-runs.jsonl").read_text().splitlines()
+    early, late = tmp_path / "early.jsonl", tmp_path / "late.jsonl"
+    early.write_text("".join(line + "\n" for line in lines[:6]))  # 3 stages x 2 rounds
+    late.write_text("".join(line + "\n" for line in lines[6:]))
+    argv = ["noise", "--from", str(early), "--from", str(late), "--results", str(tmp_path)]
+    assert cli.main(argv) == 0
     made = noise.load(tmp_path)
-    assert len(made) == 9 and len({r.stage for r in made}) == 9
-    sdpa = next(r for r in made if r.stage == "00_sdpa")
-    assert sdpa.runs == 5 and sdpa.metrics["first_step_s"].sigma_pct < 15
+    assert sorted(r.stage for r in made) == [
+        "00_sdpa",
+        "01_kernelize_sdpa_compile",
+        "02_liger_sdpa",
+    ]
+    assert {r.runs for r in made} == {3}
+
+
+def test_a_summary_made_again_replaces_the_first_one_of_the_same_processes(tmp_path):
+    """`noise` and `noise --from` date a record by its processes' newest start: the same
+    processes summarized again get the same date, and the later line wins."""
+    runs = results_store.load(H100 / "noise-runs.jsonl")
+    first = noise.summarize([r for r in runs if r.stage == "00_sdpa"], "nvidia-h100-80gb-hbm3-x1")
+    first = [dataclasses.replace(first[0], metrics={
+        k: v for k, v in first[0].metrics.items() if k != "step_floor_ms"})]  # fmt: skip
+    noise.append(tmp_path, first)
+    argv = ["noise", "--from", str(H100 / "noise-runs.jsonl"), "--results", str(tmp_path)]
+    assert cli.main(argv) == 0
+    records = noise.load(tmp_path)
+    assert records[0].date == next(r for r in records[1:] if r.stage == "00_sdpa").date
+    priors = noise.priors(records, "nvidia-h100-80gb-hbm3-x1")
+    assert ("stages.Stage_00_sdpa", "floor") in priors
+
+
+def test_an_out_of_range_date_is_the_oldest_not_a_crash(tmp_path):
+    """A hand-edited date that overflows once moved to UTC: every reader of the priors (the
+    judge, compare, the front page) goes on; the record counts as the oldest."""
+    newer = _record(0.05, date="2026-12-10T08:00:00+00:00")
+    noise.append(tmp_path, [newer, _record(3.0, date="0001-01-01T00:00:00+01:00")])
+    prior = noise.priors(noise.load(tmp_path), MACHINE)[(STAGE, "speed")]
+    assert prior.sigma == pytest.approx(newer.metrics["step_time_ms"].sigma_log)
+
+
+def test_noise_still_runs_five_processes_by_default(monkeypatch, tmp_path):
+    """Without --runs, five processes a stage (a FAKE measure records what it was asked)."""
+    asked = []
+
+    def fake_measure(stage_list, workload, runs, **kwargs):
+        asked.append(runs)
+        return []
+
+    monkeypatch.setattr(noise, "measure", fake_measure)
+    argv = ["noise", "00_sdpa", "--device", "cpu", "--model", "tiny", "--results", str(tmp_path)]
+    cli.main(argv)
+    assert asked == [5]
 
 
 def _on_gpu(result: Result, gpu: str, when: str = "2026-12-06T08:00:00+00:00", **workload):
@@ -526,6 +571,10 @@ def test_from_keeps_machines_and_series_apart(tmp_path, monkeypatch):
     monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", "ci-box")
     records, _ = noise.resummarize([*h100, *h200])
     assert [(r.machine, r.runs) for r in records] == [("ci-box", 3), ("ci-box", 3)]
+    # Another package set is another measurement too.
+    other = [dataclasses.replace(r, env={**r.env, "packages": {"torch": "2.14.0"}}) for r in h100]
+    records, _ = noise.resummarize([*h100, *other])
+    assert sorted(r.packages["torch"] for r in records) == ["2.13.0", "2.14.0"]
 
 
 def test_from_cpu_results_need_the_machine_named(tmp_path, monkeypatch, capsys):
@@ -557,7 +606,9 @@ def test_from_cpu_results_need_the_machine_named(tmp_path, monkeypatch, capsys):
         (["--from", "{tmp}/cpu.jsonl"], 2, "cpu.jsonl: a 00_sdpa Result of no start time names"),
         (["--from", "{tmp}/runs.jsonl"], 2, "given twice"),
         (["--from", "{tmp}"], 2, "not a regular file"),
-        (["--runs", "5"], 2, "--jsonl and --runs do not apply"),
+        (["--runs", "5"], 2, "--jsonl, --runs and --log-dir do not apply"),
+        (["--jsonl", "{tmp}/more.jsonl"], 2, "do not apply"),
+        (["--log-dir", "{tmp}/logs"], 2, "do not apply"),
         (["--from", "{tmp}/count.jsonl"], 2, "GPU count '8' is not a whole number"),
         (["--from", "{tmp}/spec.jsonl"], 2, "ran 'sdpa+liger'; 00_sdpa is 'sdpa' now"),
     ],

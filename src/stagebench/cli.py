@@ -170,7 +170,8 @@ def build_parser() -> Parser:
         action="append",
         metavar="JSONL",
         help="summarize the Results stored in JSONL (one per process, as `noise --jsonl` keeps "
-        "them) into records, measure nothing; repeatable, each file its own measurement",
+        "them) into records, measure nothing (workload options do not apply); repeatable, "
+        "each file its own measurement",
     )
     _workload_args(noise)
     _bisect_release_args(sub)
@@ -564,8 +565,8 @@ def _noise_from_files(args: argparse.Namespace, console: Console) -> list[StageN
 
     if args.stages or args.subset:
         raise BadInput("--from summarizes stored Results: give no STAGE or --subset")
-    if args.jsonl is not None or args.runs is not None:
-        raise BadInput("--from measures nothing: --jsonl and --runs do not apply")
+    if args.jsonl is not None or args.runs is not None or args.log_dir is not None:
+        raise BadInput("--from measures nothing: --jsonl, --runs and --log-dir do not apply")
     files: dict[Path, Path] = {}
     for path in args.from_files:
         if not path.exists():

@@ -311,12 +311,11 @@ def _judge_pair(
     if (measured.bar_pct or 0.0) <= (own.bar_pct or 0.0):
         return own, False
     sigma = 100 * math.expm1(prior.sigma)
-    why = f"noise {sigma:.2f}% (MDE95 {prior_mde_pct(prior):.2f}%) of {prior.source}"
+    why = (
+        f"noise {sigma:.2f}% of {prior.source}: the judge's bar for two single runs "
+        f"(Student's t, {prior.df} degrees of freedom)"
+    )
     return dataclasses.replace(measured, reason=why), True
-
-
-def prior_mde_pct(prior: judge.Prior) -> float:
-    return 100 * math.expm1(prior.mde)
 
 
 def pair_rows(

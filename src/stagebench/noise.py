@@ -166,7 +166,8 @@ def metric_noise(values: list[float], within: list[float] | None = None) -> Metr
 
 def summarize(results: Iterable[Any], machine: str, date: str | None = None) -> list[StageNoise]:
     """One record per stage from its Results (one per process), in first-seen order; `date`:
-    when they were measured (default: now)."""
+    when they were measured (default: the newest start of the stage's runs, else now), so a
+    later summary of the same processes (`--from`) has the same date and wins by log order."""
     from stagebench.asv_suite import class_name_of, version_of
     from stagebench.workload import Workload, shape_name
 
@@ -205,7 +206,7 @@ def summarize(results: Iterable[Any], machine: str, date: str | None = None) -> 
                 protocol=PROTOCOL_VERSION,
                 runs=len(ok),
                 metrics=metrics,
-                date=date or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                date=date or _newest_start(runs),
                 commit=_commit(first),
                 packages=_packages(ok[0] if ok else first),
                 failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
@@ -235,14 +236,26 @@ def machine_of(result: Any) -> str | None:
     return machine.name({"gpu": gpu, "gpu_count": count})
 
 
-def _started(result: Any) -> dt.datetime | None:
-    """When a stored run started, in UTC; None where its `started_at` is no ISO time with a
-    zone (then its measurement cannot be dated)."""
+def _utc(text: object) -> dt.datetime | None:
+    """An ISO time in UTC (one without a zone is taken as UTC, as stagebench writes them);
+    None where it is none, or out of range once moved to UTC (a hand edit)."""
     try:
-        when = dt.datetime.fromisoformat(result.started_at)
-    except (TypeError, ValueError):
+        when = dt.datetime.fromisoformat(text)  # type: ignore[arg-type]
+        return when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return when.astimezone(dt.UTC) if when.tzinfo else None
+
+
+def _started(result: Any) -> dt.datetime | None:
+    """When a stored run started, in UTC; None where its `started_at` is unreadable (then its
+    measurement cannot be dated)."""
+    return _utc(result.started_at)
+
+
+def _newest_start(runs: list[Any]) -> str:
+    dates = [d for d in map(_started, runs) if d is not None]
+    newest = max(dates) if dates else dt.datetime.now(dt.UTC)
+    return newest.isoformat(timespec="seconds")
 
 
 def _commit(result: Any) -> str | None:
@@ -364,11 +377,7 @@ def versions(results_dir: Path) -> dict[str, str]:
 
 def _measured_at(record: StageNoise) -> dt.datetime:
     """A record's date in UTC; an unreadable one counts as oldest (a hand edit, not news)."""
-    try:
-        when = dt.datetime.fromisoformat(record.date)
-    except ValueError:
-        return dt.datetime.min.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return _utc(record.date) or dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def priors(
