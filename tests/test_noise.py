@@ -273,7 +273,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, args, code, message):
     assert len(err) == 1 and message in err[0]
 
 
-def test_measured_on_cpu_end_to_end(tmp_path, capsys):
+def test_measured_on_cpu_end_to_end(tmp_path, capsys, monkeypatch):
     """Real processes: three runs of a short CPU stage, a record the judge can read."""
     argv = [
         "noise", "00_sdpa", "--runs", "3", "--device", "cpu", "--model", "tiny",
@@ -288,6 +288,12 @@ def test_measured_on_cpu_end_to_end(tmp_path, capsys):
     assert (STAGE, "speed") in noise.priors([record], record.machine)
     assert len(record.metrics["step_floor_ms"].values) == 3
     assert (STAGE, "floor") in noise.priors([record], record.machine)
+    # The same processes summarized again from the kept Results: the same record, date too.
+    again = tmp_path / "again"
+    argv = ["noise", "--from", str(tmp_path / "runs.jsonl"), "--results", str(again)]
+    monkeypatch.setenv("STAGEBENCH_ASV_MACHINE", record.machine)
+    assert cli.main(argv) == 0
+    assert noise.load(again) == [record]
 
 
 def test_compare_of_two_commits_uses_the_measured_noise(tmp_path):
