@@ -16,14 +16,11 @@
 #   level deep)
 set -uo pipefail
 flash=${1:?usage: $0 FLASH_DIR}
-job=${JOB:?run through scripts/h100_bg.sh start}
-times=$job/times.tsv
 
 # shellcheck source=scripts/h100_timed.sh
 source "$(dirname "$0")/h100_timed.sh"
 
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv \
-    > "$job/gpu.csv" 2>&1
+gpu_facts
 nvidia-smi topo -m > "$job/topo.txt" 2>&1
 
 timed flash bash "$flash/build.sh"

@@ -14,14 +14,11 @@
 #   usage: scripts/h100_noise_rest.sh FLASH_DIR
 set -uo pipefail
 flash=${1:?usage: $0 FLASH_DIR}
-job=${JOB:?run through scripts/h100_bg.sh start}
-times=$job/times.tsv
 
 # shellcheck source=scripts/h100_timed.sh
 source "$(dirname "$0")/h100_timed.sh"
 
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv \
-    > "$job/gpu.csv" 2>&1
+gpu_facts
 stagebench env --json > "$job/env.json" 2>&1
 
 timed reference stagebench run 00_sdpa --profile-steps 0 --jsonl "$job/reference.jsonl"

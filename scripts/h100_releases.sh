@@ -17,15 +17,12 @@
 set -uo pipefail
 cand=${1:?usage: $0 CAND_DIR FLASH_DIR}
 flash=${2:?usage: $0 CAND_DIR FLASH_DIR}
-job=${JOB:?run through scripts/h100_bg.sh start}
-times=$job/times.tsv
 
 # shellcheck source=scripts/h100_timed.sh
 source "$(dirname "$0")/h100_timed.sh"
 
 stagebench env --json > "$job/env.json" 2>&1
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv \
-    > "$job/gpu.csv" 2>&1
+gpu_facts
 ls "$cand" > "$job/candidates.txt"
 
 # One numerics reference (00_sdpa's step-0 loss) for every phase's store.

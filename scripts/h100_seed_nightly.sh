@@ -9,9 +9,7 @@
 set -uo pipefail
 plan=${1:?usage: $0 bare-then-nightly|nightly-then-bare [FLASH_DIR]}
 flash=${2:-.flash}
-job=${JOB:?run through scripts/h100_bg.sh start}
 export STAGEBENCH_STORE=$PWD/.asv/results/stagebench-results.jsonl
-times=$job/times.tsv
 
 # shellcheck source=scripts/h100_timed.sh
 source "$(dirname "$0")/h100_timed.sh"

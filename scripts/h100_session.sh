@@ -13,16 +13,13 @@
 #   folder travels one level deep)
 set -uo pipefail
 cand=${1:?usage: $0 CAND_DIR}
-job=${JOB:?run through scripts/h100_bg.sh start}
 export STAGEBENCH_STORE=$PWD/.asv/results/stagebench-results.jsonl
-times=$job/times.tsv
 
 # shellcheck source=scripts/h100_timed.sh
 source "$(dirname "$0")/h100_timed.sh"
 
 stagebench env --json > "$job/env.json" 2>&1
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv \
-    > "$job/gpu.csv" 2>&1
+gpu_facts
 
 origin=/tmp/stagebench-origin.git
 [ -d "$origin" ] || { git init -q --bare -b main "$origin" && git push -q "$origin" HEAD:main; }
