@@ -259,33 +259,24 @@ def result_sets(
     return pair_rows(pairs_from_files(a, b, stage_a, stage_b), a, b, records)
 
 
-def _gpu_of(result: results.Result) -> tuple[object, object] | None:
-    env = result.env if isinstance(result.env, dict) else {}
-    return (env.get("gpu"), env.get("gpu_count")) if env.get("gpu") else None
-
-
 def _measured_priors(
     ra: results.Result, rb: results.Result, records: list[noise.StageNoise]
 ) -> dict[str, judge.Prior]:
     """{family: prior} of the speed and floor families from the noise records of the machine
     both runs ran on, for the series both ran; empty where the runs name different or no GPUs,
     ran another spec than their stage's now, or another series (spec, shape, collector ...)."""
-    from stagebench import stages
-    from stagebench.asv_suite import class_name_of, version_of
     from stagebench.workload import Workload, shape_name
 
-    gpu = _gpu_of(ra)
-    if gpu is None or gpu != _gpu_of(rb) or ra.spec != rb.spec:
+    gpu = noise.gpu_of(ra)
+    if gpu is None or gpu != noise.gpu_of(rb) or ra.spec != rb.spec:
         return {}  # the override names a history, not the runs' machine: the envs must agree
     try:
-        if stages.resolve(ra.stage).spec != ra.spec:  # the stage id means another spec now
-            return {}
-        machine = noise.machine_of(ra)
-        asv_class, version = f"stages.{class_name_of(ra)}", version_of(ra)
-        same = (asv_class, version) == (f"stages.{class_name_of(rb)}", version_of(rb))
+        series = noise.series_of(ra)
+        same = series == noise.series_of(rb)
         shape = shape_name(Workload.from_dict(ra.workload))
     except (ValueError, TypeError):  # a stage unknown now, a GPU that makes no machine name
         return {}
+    machine, asv_class, version = series
     if machine is None or not same:
         return {}
     mine = [r for r in records if r.shape == shape]  # older records keep no version

@@ -164,10 +164,10 @@ def metric_noise(values: list[float], within: list[float] | None = None) -> Metr
     )
 
 
-def summarize(results: Iterable[Any], machine: str, date: str | None = None) -> list[StageNoise]:
-    """One record per stage from its Results (one per process), in first-seen order; `date`:
-    when they were measured (default: the newest start of the stage's runs, else now), so a
-    later summary of the same processes (`--from`) has the same date and wins by log order."""
+def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
+    """One record per stage from its Results (one per process), in first-seen order, dated by
+    the newest start of the stage's runs (else now): a later summary of the same processes
+    (`--from`) has the same date and wins by log order."""
     from stagebench.asv_suite import class_name_of, version_of
     from stagebench.workload import Workload, shape_name
 
@@ -206,7 +206,7 @@ def summarize(results: Iterable[Any], machine: str, date: str | None = None) -> 
                 protocol=PROTOCOL_VERSION,
                 runs=len(ok),
                 metrics=metrics,
-                date=date or _newest_start(runs),
+                date=_newest_start(runs),
                 commit=_commit(first),
                 packages=_packages(ok[0] if ok else first),
                 failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
@@ -269,24 +269,39 @@ def _packages(result: Any) -> dict[str, str]:
     return dict(packages) if isinstance(packages, dict) else {}
 
 
+def gpu_of(result: Any) -> tuple[object, object] | None:
+    """(GPU name, GPU count) a stored Result's environment names; None where it names no GPU."""
+    env = result.env if isinstance(result.env, dict) else {}
+    return (env.get("gpu"), env.get("gpu_count")) if env.get("gpu") else None
+
+
+def series_of(result: Any) -> tuple[str | None, str, str]:
+    """(asv machine, asv class, asv version) a stored Result was measured for; the machine is
+    None where it names no GPU (machine_of). ValueError where it cannot be placed: a stage
+    unknown now, a stage id that means another spec now, a GPU that makes no machine name."""
+    from stagebench import stages
+    from stagebench.asv_suite import class_name_of, version_of
+
+    stage = stages.resolve(result.stage)
+    if result.spec != stage.spec:
+        raise ValueError(f"ran {result.spec!r}; {result.stage} is {stage.spec!r} now")
+    return machine_of(result), f"stages.{class_name_of(result)}", version_of(result)
+
+
 def _measurement(result: Any) -> tuple[Any, ...]:
     """What one measurement shares: the GPU, code and packages it ran (runs of another commit
     or release are another measurement, whose level would pass for noise here; so are another
     GPU's, which the machine override would file under one name)."""
-    env = result.env if isinstance(result.env, dict) else {}
     packages = tuple(sorted((str(k), str(v)) for k, v in _packages(result).items()))
-    return str(env.get("gpu")), str(env.get("gpu_count")), _commit(result), packages
+    return str(gpu_of(result)), _commit(result), packages
 
 
 def resummarize(results: Iterable[Any]) -> tuple[list[StageNoise], list[str]]:
-    """Records from Results already stored (`stagebench noise --from`): one per machine, stage,
-    asv version, commit and package set, from at least MIN_RUNS ok processes, dated by the
-    newest run. Only the summary is new: a record made by a newer stagebench (the floor's, say)
-    from the same processes. A Result stored twice counts once. Returns the records and, for
-    each group that could not make one, why; a Result that cannot be placed raises ValueError."""
-    from stagebench import stages
-    from stagebench.asv_suite import version_of
-
+    """Records from Results already stored (`stagebench noise --from`): one per machine, asv
+    series, commit and package set, from at least MIN_RUNS ok processes, dated by the newest
+    run. Only the summary is new: a record made by a newer stagebench (the floor's, say) from
+    the same processes. A Result stored twice counts once. Returns the records and, for each
+    group that could not make one, why; a Result that cannot be placed raises ValueError."""
     groups: dict[tuple[Any, ...], list[Any]] = {}
     seen: set[str] = set()
     skipped: list[str] = []
@@ -297,31 +312,25 @@ def resummarize(results: Iterable[Any]) -> tuple[list[StageNoise], list[str]]:
         seen.add(line)
         where = f"a {result.stage} Result of {result.started_at or 'no start time'}"
         try:
-            machine = machine_of(result)
-            stage = stages.resolve(result.stage)
-            version = version_of(result)
+            series = series_of(result)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-        if machine is None:
+        if series[0] is None:
             raise ValueError(
                 f"{where} names no GPU machine; set STAGEBENCH_ASV_MACHINE to the name of the "
                 "machine it ran on"
             )
-        if result.spec != stage.spec:  # the stage id means something else now
-            raise ValueError(f"{where} ran {result.spec!r}; {result.stage} is {stage.spec!r} now")
-        key = (machine, result.stage, version, *_measurement(result))
-        groups.setdefault(key, []).append(result)
+        groups.setdefault((*series, *_measurement(result)), []).append(result)
     records = []
-    for (machine, stage, *_), runs in groups.items():
+    for (machine, *_), runs in groups.items():
+        stage = runs[0].stage
         ok = sum(r.status == "ok" and r.metrics is not None for r in runs)
-        dates = [d for d in map(_started, runs) if d is not None]
         if ok < MIN_RUNS:
             skipped.append(f"{stage} on {machine}: {ok} ok run(s), at least {MIN_RUNS} needed")
-        elif len(dates) < len(runs):
+        elif any(_started(r) is None for r in runs):
             skipped.append(f"{stage} on {machine}: a run has no readable start time to date it")
         else:
-            date = max(dates).isoformat(timespec="seconds")
-            records += summarize(runs, machine, date=date)
+            records += summarize(runs, machine)
     return records, skipped
 
 
