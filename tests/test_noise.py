@@ -487,6 +487,39 @@ def test_from_gives_the_h100_runs_the_floor_records_they_predate(tmp_path, capsy
     assert "floor MDE95" in capsys.readouterr().out
 
 
+H100_LATER = H100.with_name("h100-2026-12-07")
+
+
+def test_from_gives_back_the_records_a_later_h100_job_wrote(tmp_path):
+    """The 2026-12-07 job's processes (three files, each with the reference run beside the noise
+    runs) summarized again give exactly the records `stagebench noise` wrote on the H100, and
+    the MDEs the results file quotes."""
+    files = [H100_LATER / f"noise-{name}.jsonl" for name in ("sdpa", "k", "kfa2")]
+    argv = ["noise", *(f"--from={f}" for f in files), "--results", str(tmp_path)]
+    assert cli.main(argv) == 0
+    written = noise.load_file(H100_LATER / "noise-records.jsonl")
+    assert sorted(noise.load(tmp_path), key=lambda r: r.stage) == sorted(
+        written, key=lambda r: r.stage
+    )
+    mde = {
+        r.stage: (round(r.metrics["step_time_ms"].mde_pct, 2),
+                  round(r.metrics["step_floor_ms"].mde_pct, 2))
+        for r in written
+    }  # fmt: skip
+    assert mde == {
+        "04_liger_cce_sdpa": (9.68, 5.44),
+        "05_kernelize_cce_sdpa_compile": (0.58, 0.31),
+        "01_kernelize_sdpa_compile": (0.35, 0.6),
+        "01_kernelize_fa2_compile": (8.76, 2.44),
+    }
+    # The newest record of a series is its prior: the second instance's 0.35%, not 0.86%.
+    both = noise.load_file(H100 / "noise-records.jsonl") + written
+    prior = noise.priors(both, "nvidia-h100-80gb-hbm3-x1")
+    quiet = next(r for r in written if r.stage == "01_kernelize_sdpa_compile")
+    key = (quiet.asv_class, "speed")
+    assert prior[key].sigma == pytest.approx(quiet.metrics["step_time_ms"].sigma_log)
+
+
 def test_from_takes_each_file_as_its_own_measurement(tmp_path):
     """Two files are two measurements, even of one commit and package set: the first two
     rounds of the H100 processes in one file make no record (two runs), the last three in
