@@ -257,3 +257,21 @@ def test_a_file_whose_name_holds_a_hash_is_a_file(tmp_path, capsys):
     odd = _store(tmp_path / "night#3.jsonl", _result("00_sdpa", "sdpa", LIGER))
     code, out, err = _cli(capsys, str(odd), f"{odd}#00_sdpa", "--explain")
     assert code == 0 and err == "" and "#### 00_sdpa" in out
+
+
+def test_a_release_that_adds_a_host_sync_is_shown_beside_the_kernels(tmp_path, capsys):
+    """Each side's counted host syncs (notes.host_syncs) are printed under the kernel table; a
+    side measured before they were counted says so; Results without them print nothing."""
+    added = "1 a step: cut_cross_entropy/utils.py:38 x1"
+    a = _store(tmp_path / "a.jsonl", _result("04_liger_cce_sdpa", "sdpa+liger+cce", PLAIN))
+    b = _store(
+        tmp_path / "b.jsonl",
+        _result("04_liger_cce_sdpa", "sdpa+liger+cce", PLAIN, notes={"host_syncs": added}),
+    )
+    _, out, _ = _cli(capsys, str(a), str(b), "--explain")
+    assert f"Host syncs inside a step: before not counted; after {added}." in out
+    _, out, _ = _cli(capsys, str(a), str(a), "--explain")
+    assert "Host syncs" not in out
+    _, out, _ = _cli(capsys, str(b), str(b), "--explain", "--format", "json")
+    (explained,) = json.loads(out)["explain"]
+    assert explained["host_syncs"] == [added, added]

@@ -8,7 +8,7 @@ import math
 import pytest
 from conftest import tiny
 
-from stagebench import profile, results, stages
+from stagebench import host_syncs, profile, results, stages
 from stagebench.runner import HostTimer, StageUnavailable, run_stage
 
 
@@ -134,3 +134,28 @@ def test_a_profiler_failure_never_fails_the_stage(monkeypatch):
     assert m.profile is None
     assert m.notes["profile"] == "failed: the profiler failed: RuntimeError: planted"
     assert m.step_time_ms_median > 0  # measured all the same
+
+
+def test_host_syncs_are_said_on_a_profiled_cpu_run_and_absent_without_a_profile(tiny_sdpa):
+    """A CPU step never waits for a device: the note says it was not counted, and why."""
+    assert tiny_sdpa.notes["host_syncs"] == host_syncs.UNAVAILABLE_ON_CPU
+    assert "host_syncs" not in run_stage(stages.resolve("sdpa"), _short(profile_steps=0)).notes
+
+
+def test_the_host_sync_step_is_untimed_and_in_the_profiles_cost(monkeypatch):
+    """The counting step runs after the profiled ones, never among the measured steps, and its
+    time is part of the profile's cost_s (a FAKE observer that takes 0.5 s)."""
+    import time
+
+    seen = []
+
+    def fake_observe(step, device):
+        seen.append(device.type)
+        time.sleep(0.5)
+        return "planted note"
+
+    monkeypatch.setattr(host_syncs, "observe", fake_observe)
+    m = run_stage(stages.resolve("sdpa"), _short())
+    assert seen == ["cpu"] and m.notes["host_syncs"] == "planted note"
+    assert len(m.samples.measured_ms) == 2 and max(m.samples.measured_ms) < 500
+    assert m.profile.cost_s >= 0.5

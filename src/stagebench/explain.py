@@ -41,6 +41,7 @@ class Explanation:
     totals: list[Change] = field(default_factory=list)  # wall, device busy, host gap
     groups: list[Change] = field(default_factory=list)
     kernels: list[Change] = field(default_factory=list)
+    host_syncs: tuple[str | None, str | None] | None = None  # each side's notes.host_syncs
 
 
 def _change(
@@ -121,9 +122,14 @@ def explain(pair: Pair, top: int = TOP_CHANGES) -> Explanation:
             f"kernels are each side's top {max(len(pa.kernels), len(pb.kernels))}; one missing "
             "from a side was below it there (shown as -, counted as 0)"
         )
+    syncs = (
+        pair.before.metrics.notes.get("host_syncs"),
+        pair.after.metrics.notes.get("host_syncs"),
+    )
     return Explanation(
         pair.label,
         note=note,
+        host_syncs=syncs if any(syncs) else None,
         source=pa.source if pa.source == pb.source else f"{pa.source} | {pb.source}",
         steps=(pa.steps, pb.steps),
         totals=totals,
@@ -215,6 +221,9 @@ def to_markdown(explanations: list[Explanation], a: str, b: str, note: str | Non
                 f"| `{_cell(c.name)}` | {c.group} | {_ms(c.before_ms)} | {_ms(c.after_ms)} | "
                 f"{_ms(c.change_ms, True)} | {calls} |"
             )
+        if e.host_syncs:
+            before, after = (_cell(side or "not counted") for side in e.host_syncs)
+            lines += ["", f"Host syncs inside a step: before {before}; after {after}."]
         if e.note:
             lines += ["", f"Note: {e.note}."]
     return "\n".join(lines)

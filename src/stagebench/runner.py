@@ -3,7 +3,8 @@
 Read top-down: build the seeded model, let the stage's optimizations change it, run step 0 alone
 (compile and autotune cost lands there), the remaining warm-up steps, then measured steps timed on
 the device (CUDA events; perf_counter on a CPU) until the median is known well enough, then a few
-steps under the profiler (profile.py): where the time goes, never in a timed step.
+steps under the profiler (profile.py) and one that counts the host syncs (host_syncs.py): where
+the time goes, never in a timed step.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stagebench import distributed, flops, host_gc, optim, profile, stats
+from stagebench import distributed, flops, host_gc, host_syncs, optim, profile, stats
 from stagebench.models import build_model, decoder_layers, load_config, parameter_count
 from stagebench.optim import compile as compile_opt
 from stagebench.results import SAMPLE_DECIMALS, DistributedMetrics, Metrics, Samples
@@ -160,6 +161,8 @@ def _build_and_measure(
         metrics.model_init_s = model_init_s
         metrics.samples = Samples(warmup_ms=run.warmup_ms, measured_ms=run.times_ms)
         metrics.profile = _profile_record(run, workload, rank, metrics.notes)
+        if run.host_syncs is not None:
+            metrics.notes["host_syncs"] = run.host_syncs
         if stage.compiles:
             metrics.compile = compile_opt.observed()
     return metrics
@@ -192,6 +195,7 @@ class TimedRun:
     capture: profile.Capture | None = None  # this rank's profiled steps
     profile_note: str | None = None  # why there is no capture
     memory_gib: dict[str, float] = field(default_factory=dict)  # by category, this rank's
+    host_syncs: str | None = None  # host_syncs.observe's note; None: not counted
 
 
 def _profiled_steps(workload: Workload, rank) -> int:
@@ -256,6 +260,13 @@ def _timed_loop(
             run.memory_gib = _memory_by_category(model, optimizer, device)
         spare = iter(batches[workload.warmup_steps + measured :])
         run.capture, run.profile_note = _capture(lambda: step(next(spare)), profiled, device, rank)
+    if workload.profile_steps and not rank:
+        # One more untimed step, part of the profile's explanation. Not under torchrun: the
+        # extra step's collectives would need every rank.
+        t0 = time.perf_counter()
+        run.host_syncs = host_syncs.observe(lambda: step(batches[0]), device)
+        if run.capture is not None:  # the profile's cost_s counts it
+            run.capture.elapsed_s += time.perf_counter() - t0
     if rank:
         _merge_ranks(run, device)
     return run

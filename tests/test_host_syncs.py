@@ -1,0 +1,118 @@
+"""Host syncs inside a step: counted per line from torch's sync debug mode.
+
+No CUDA here, so torch's own warning is replaced by a FAKE one with the same text, raised from
+known lines of this file, and torch.cuda's mode switches are FAKEs that record what was asked.
+What the real mode flags on the H100 is in the dated results, not here.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from stagebench import host_syncs
+
+FAKE_CUDA = torch.device("cuda")  # only its type is read: nothing runs on it
+
+
+# stacklevel 1: the warning names the line that raised it, as torch's C++ warning names the
+# Python line that called the synchronizing op.
+def _fake_item():
+    warnings.warn(f"{host_syncs.SYNC_WARNING} (planted 1)", stacklevel=1)
+
+
+def _fake_nonzero():
+    warnings.warn(f"{host_syncs.SYNC_WARNING} (planted 2)", stacklevel=1)
+
+
+def _line_of(fn) -> str:
+    return f"test_host_syncs.py:{fn.__code__.co_firstlineno + 1}"
+
+
+@pytest.fixture
+def fake_cuda_mode(monkeypatch):
+    """FAKE torch.cuda mode switches: the calls made, in order."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: calls.append(mode))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+    return calls
+
+
+def test_each_line_is_counted_as_often_as_it_synced(fake_cuda_mode):
+    def step():
+        for _ in range(36):  # one per layer, as transformers' FlashAttention 2 check does
+            _fake_item()
+        _fake_nonzero()
+        warnings.warn("an unrelated warning is not a sync", stacklevel=1)
+
+    found = host_syncs.count(step, FAKE_CUDA)
+    assert found == [
+        host_syncs.Site(_line_of(_fake_item), 36),
+        host_syncs.Site(_line_of(_fake_nonzero), 1),
+    ]
+    assert fake_cuda_mode == ["warn", 0, "sync"]  # on for the step, then the old mode back
+    assert host_syncs.note(found) == (
+        f"37 a step: {_line_of(_fake_item)} x36, {_line_of(_fake_nonzero)} x1"
+    )
+
+
+def test_the_mode_is_restored_when_the_step_fails(fake_cuda_mode):
+    def step():
+        _fake_item()
+        raise torch.cuda.OutOfMemoryError("planted")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        host_syncs.count(step, FAKE_CUDA)
+    assert fake_cuda_mode == ["warn", 0]
+    # The stage's own note: said in one line, the measured stage stands.
+    assert host_syncs.observe(step, FAKE_CUDA) == (
+        "not counted: the extra step failed: OutOfMemoryError: planted"
+    )
+
+
+def test_a_step_without_syncs_says_none(fake_cuda_mode):
+    assert host_syncs.observe(lambda: None, FAKE_CUDA) == "none in one step"
+
+
+def test_a_cpu_step_is_not_counted_and_says_why():
+    ran = []
+    note = host_syncs.observe(lambda: ran.append(1), torch.device("cpu"))
+    assert note == host_syncs.UNAVAILABLE_ON_CPU and ran == []
+
+
+def test_the_note_lists_the_busiest_lines_and_counts_them_all():
+    found = [host_syncs.Site(f"pkg/m.py:{n}", 10 - n) for n in range(6)]
+    note = host_syncs.note(found)
+    assert note.startswith("45 a step: pkg/m.py:0 x10, pkg/m.py:1 x9, pkg/m.py:2 x8, pkg/m.py:3 x7")
+    assert note.endswith("and 2 more line(s)")
+
+
+@pytest.mark.parametrize(
+    "filename, short",
+    [
+        ("/usr/lib/python3/site-packages/cut_cross_entropy/utils.py", "cut_cross_entropy/utils.py"),
+        ("/opt/venv/lib/python3.12/dist-packages/liger_kernel/ops/x.py", "liger_kernel/ops/x.py"),
+        ("/home/ci/checkout/src/stagebench/runner.py", "stagebench/runner.py"),
+        ("/tmp/torchinductor_root/ab/cabc123.py", "<inductor-generated code>"),
+        ("/somewhere/else/script.py", "script.py"),
+    ],
+)
+def test_files_are_named_by_their_package_never_by_a_machine_path(filename, short):
+    assert host_syncs.short_path(filename) == short
+
+
+def test_torch_turns_each_cpp_warning_into_one_python_warning_at_the_calling_line(monkeypatch):
+    """What counting relies on, with torch's real C++ warning path (TORCH_WARN, as the sync debug
+    mode uses): every occurrence is a warning of its own, and one raised in the backward is named
+    by the `backward()` call inside torch.autograd."""
+    monkeypatch.setattr(host_syncs, "SYNC_WARNING", "Warn from backward")
+    x = torch.randn(3, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            torch.ops.aten._test_warn_in_autograd(x).sum().backward()
+    (site,) = host_syncs.sites(caught)
+    assert site.where.startswith("torch/autograd/") and site.calls == 3
