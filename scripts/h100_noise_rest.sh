@@ -5,7 +5,8 @@
 # `stagebench noise --from` summarizes them afterwards.
 #   1 reference  00_sdpa once: the step-0 loss every other stage is checked against
 #   2 noise-sdpa `stagebench noise` over the two running SDPA rows with no five-process record,
-#                five processes each, round by round on an empty compile cache (round 1 cold)
+#                five processes each, round by round (the machine starts with an empty compile
+#                cache, so round 1 of the first phase compiles cold; no phase empties it)
 #   3 noise-k    01_kernelize_sdpa_compile again, five processes: its floor, on another instance
 #   4 flash      FlashAttention 2 built from FLASH_DIR (its build.sh)
 #   5 noise-kfa2 the same for 01_kernelize_fa2_compile: does its first step still recompile every

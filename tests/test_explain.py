@@ -275,3 +275,16 @@ def test_a_release_that_adds_a_host_sync_is_shown_beside_the_kernels(tmp_path, c
     _, out, _ = _cli(capsys, str(b), str(b), "--explain", "--format", "json")
     (explained,) = json.loads(out)["explain"]
     assert explained["host_syncs"] == [added, added]
+
+
+def test_host_syncs_are_shown_even_where_a_side_has_no_profile(tmp_path, capsys):
+    """A profiler that failed leaves no profile, but the counted syncs still explain a change."""
+    note = "36 a step: transformers/modeling_flash_attention_utils.py:794 x36"
+    a = _store(tmp_path / "a.jsonl", _result("00_fa2", "fa2", PLAIN))
+    b = _store(
+        tmp_path / "b.jsonl",
+        _result("00_fa2", "fa2", None, notes={"profile": "failed: planted", "host_syncs": note}),
+    )
+    _, out, _ = _cli(capsys, str(a), str(b), "--explain")
+    assert "Nothing to explain: after: 00_fa2 has no profile (failed: planted)." in out
+    assert f"Host syncs inside a step: before not counted; after {note}." in out

@@ -150,12 +150,13 @@ def test_the_host_sync_step_is_untimed_and_in_the_profiles_cost(monkeypatch):
     seen = []
 
     def fake_observe(step, device):
-        seen.append(device.type)
+        loss, grad_norm = step()  # a real training step of the stage's model
+        seen.append((device.type, loss.item() > 0, grad_norm.item() > 0))
         time.sleep(0.5)
         return "planted note"
 
     monkeypatch.setattr(host_syncs, "observe", fake_observe)
     m = run_stage(stages.resolve("sdpa"), _short())
-    assert seen == ["cpu"] and m.notes["host_syncs"] == "planted note"
+    assert seen == [("cpu", True, True)] and m.notes["host_syncs"] == "planted note"
     assert len(m.samples.measured_ms) == 2 and max(m.samples.measured_ms) < 500
     assert m.profile.cost_s >= 0.5

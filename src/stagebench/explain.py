@@ -72,13 +72,22 @@ def _kernels(profile: results.ProfileMetrics) -> dict[tuple[str, str], results.K
     return {(k.name, k.group): k for k in profile.kernels}
 
 
+def _host_syncs(pair: Pair) -> tuple[str | None, str | None] | None:
+    """Each side's notes.host_syncs, where either side has one (with or without a profile)."""
+    before, after = (
+        r.metrics.notes.get("host_syncs") if r and r.metrics else None
+        for r in (pair.before, pair.after)
+    )
+    return (before, after) if before or after else None
+
+
 def explain(pair: Pair, top: int = TOP_CHANGES) -> Explanation:
     pa = pair.before.metrics.profile if pair.before and pair.before.metrics else None
     pb = pair.after.metrics.profile if pair.after and pair.after.metrics else None
     if pa is None or pb is None:
         sides = ((pair.before, pa, "before"), (pair.after, pb, "after"))
         why = [_why_none(r, side) for r, p, side in sides if p is None]
-        return Explanation(pair.label, note="; ".join(why))
+        return Explanation(pair.label, note="; ".join(why), host_syncs=_host_syncs(pair))
     kind_a, kind_b = pa.source.split(":")[0], pb.source.split(":")[0]
     if kind_a != kind_b:
         return Explanation(pair.label, note=f"profiles of different kinds ({kind_a} vs {kind_b})")
@@ -122,14 +131,10 @@ def explain(pair: Pair, top: int = TOP_CHANGES) -> Explanation:
             f"kernels are each side's top {max(len(pa.kernels), len(pb.kernels))}; one missing "
             "from a side was below it there (shown as -, counted as 0)"
         )
-    syncs = (
-        pair.before.metrics.notes.get("host_syncs"),
-        pair.after.metrics.notes.get("host_syncs"),
-    )
     return Explanation(
         pair.label,
         note=note,
-        host_syncs=syncs if any(syncs) else None,
+        host_syncs=_host_syncs(pair),
         source=pa.source if pa.source == pb.source else f"{pa.source} | {pb.source}",
         steps=(pa.steps, pb.steps),
         totals=totals,
@@ -190,6 +195,7 @@ def to_markdown(explanations: list[Explanation], a: str, b: str, note: str | Non
         lines += ["", f"#### {e.label}", ""]
         if not e.totals:
             lines.append(f"Nothing to explain: {e.note}.")
+            lines += _host_syncs_lines(e)
             continue
         steps = e.steps or (0, 0)
         lines.append(f"{e.source}; {steps[0]} and {steps[1]} profiled step(s).")
@@ -221,12 +227,17 @@ def to_markdown(explanations: list[Explanation], a: str, b: str, note: str | Non
                 f"| `{_cell(c.name)}` | {c.group} | {_ms(c.before_ms)} | {_ms(c.after_ms)} | "
                 f"{_ms(c.change_ms, True)} | {calls} |"
             )
-        if e.host_syncs:
-            before, after = (_cell(side or "not counted") for side in e.host_syncs)
-            lines += ["", f"Host syncs inside a step: before {before}; after {after}."]
+        lines += _host_syncs_lines(e)
         if e.note:
             lines += ["", f"Note: {e.note}."]
     return "\n".join(lines)
+
+
+def _host_syncs_lines(e: Explanation) -> list[str]:
+    if not e.host_syncs:
+        return []
+    before, after = (_cell(side or "not counted") for side in e.host_syncs)
+    return ["", f"Host syncs inside a step: before {before}; after {after}."]
 
 
 def _calls(value: float | None) -> str:

@@ -2,21 +2,26 @@
 
 A sync inside the step (`.item()`, `nonzero()`, branching on a tensor) drains the device; the
 host then launches the rest of the step onto an idle GPU, so every host delay lands on the
-critical path. On the H100 the stages with such a sync are the noisy ones (docs/results,
-2026-12-07), so a Result names its syncs and `compare --explain` shows a release that added one.
+critical path. On the H100 every stage whose median moved more than 1% between processes has
+such a sync (docs/results, 2026-12-07: a correlation, read from the libraries' source), so a
+Result names its syncs, and `compare --explain` shows a release that added one.
 
 torch's sync debug mode warns at each synchronizing CUDA call (a C++ warning: each occurrence
 becomes a Python warning naming the Python line that made the call; one in the backward is named
 by torch/autograd's engine call). Syncs that
 torch does not flag (`torch.cuda.synchronize`, CUDA events) are not counted: the harness's own
-timing uses them. CUDA only: a CPU step never waits for a device.
+timing uses them, nor the allocator's or NCCL's own waits: "none" means none that torch flags.
+CUDA only: a CPU step never waits for a device.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +29,7 @@ import torch
 SYNC_WARNING = "called a synchronizing CUDA operation"
 LISTED_SITES = 4  # in the note; the count covers them all
 UNAVAILABLE_ON_CPU = "not counted on cpu (a CPU step never waits for a device)"
+NONE_FLAGGED = "none flagged in one step"  # by torch's debug mode, which is not every sync
 
 
 @dataclass(frozen=True)
@@ -32,21 +38,51 @@ class Site:
     calls: int  # per step
 
 
-def short_path(filename: str) -> str:
-    """A file as its package names it, never a machine path: `cut_cross_entropy/utils.py`."""
+def _import_roots() -> list[str]:
+    """Where modules are imported from, longest first (a package inside another root wins)."""
+    roots = {os.path.abspath(p).replace("\\", "/") for p in sys.path if p}
+    return sorted(roots, key=len, reverse=True)
+
+
+def _generated_roots() -> list[str]:
+    """Where inductor writes the code it generates: this process's cache directory."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return [os.path.abspath(cache_dir()).replace("\\", "/")]
+    except Exception:  # a torch without inductor: nothing is generated there
+        return []
+
+
+def short_path(
+    filename: str, roots: Sequence[str] | None = None, generated: Sequence[str] | None = None
+) -> str:
+    """A file as its import root names it (`cut_cross_entropy/utils.py`), never a machine path:
+    generated code is `<inductor-generated code>`, any other file its bare name."""
     path = filename.replace("\\", "/")
-    if "torchinductor" in path:
-        return "<inductor-generated code>"
-    for root in ("site-packages/", "dist-packages/", "/src/"):
-        if root in path:
-            return path.rsplit(root, 1)[1]
-    return path.rsplit("/", 1)[-1]
+    if path.startswith("<"):  # <string>, <frozen ...>, FX's <eval_with_key>.N: N varies per run
+        return re.sub(r"\.\d+$", "", path)
+    for root in _generated_roots() if generated is None else generated:
+        if _under(path, root):
+            return "<inductor-generated code>"
+    for root in _import_roots() if roots is None else roots:
+        if _under(path, root):
+            return path[len(root.rstrip("/")) + 1 :]
+    return path.rsplit("/", 1)[-1] or "<unnamed>"
+
+
+def _under(path: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return bool(root) and path.startswith(root + "/")
 
 
 def sites(caught: Iterable[warnings.WarningMessage]) -> list[Site]:
     """The sync warnings among `caught`, counted per line, most calls first."""
+    roots, generated = _import_roots(), _generated_roots()
     counts = Counter(
-        f"{short_path(w.filename)}:{w.lineno}" for w in caught if SYNC_WARNING in str(w.message)
+        f"{short_path(w.filename, roots, generated)}:{w.lineno}"
+        for w in caught
+        if SYNC_WARNING in str(w.message)
     )
     return [Site(where, calls) for where, calls in counts.most_common()]
 
@@ -69,7 +105,7 @@ def count(step: Callable[[], object], device: torch.device) -> list[Site]:
 def note(found: list[Site]) -> str:
     """The Result's `notes.host_syncs`: how many a step and where."""
     if not found:
-        return "none in one step"
+        return NONE_FLAGGED
     total = sum(s.calls for s in found)
     listed = ", ".join(f"{s.where} x{s.calls}" for s in found[:LISTED_SITES])
     more = len(found) - LISTED_SITES
@@ -83,4 +119,6 @@ def observe(step: Callable[[], object], device: torch.device) -> str:
     try:
         return note(count(step, device))
     except Exception as exc:  # the stage's numbers are already measured
-        return f"not counted: the extra step failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        first = (str(exc).splitlines() or [""])[0]
+        first = re.sub(r"(?:[A-Za-z]:)?[/\\][^\s:'\"]*[/\\]([^\s:'\"/\\]+)", r"\1", first)
+        return f"not counted: the extra step failed: {type(exc).__name__}: {first}"
