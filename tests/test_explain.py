@@ -269,7 +269,7 @@ def test_a_release_that_adds_a_host_sync_is_shown_beside_the_kernels(tmp_path, c
         _result("04_liger_cce_sdpa", "sdpa+liger+cce", PLAIN, notes={"host_syncs": added}),
     )
     _, out, _ = _cli(capsys, str(a), str(b), "--explain")
-    assert f"Host syncs inside a step: before not counted; after {added}." in out
+    assert f"Host syncs inside a step: before `not counted`; after `{added}`." in out
     _, out, _ = _cli(capsys, str(a), str(a), "--explain")
     assert "Host syncs" not in out
     _, out, _ = _cli(capsys, str(b), str(b), "--explain", "--format", "json")
@@ -287,4 +287,16 @@ def test_host_syncs_are_shown_even_where_a_side_has_no_profile(tmp_path, capsys)
     )
     _, out, _ = _cli(capsys, str(a), str(b), "--explain")
     assert "Nothing to explain: after: 00_fa2 has no profile (failed: planted)." in out
-    assert f"Host syncs inside a step: before not counted; after {note}." in out
+    assert f"Host syncs inside a step: before `not counted`; after `{note}`." in out
+
+
+def test_host_syncs_are_shown_beside_profiles_of_different_kinds(tmp_path, capsys):
+    import dataclasses
+
+    cpu = dataclasses.replace(PLAIN, source="cpu: aten op self time (torch.profiler)")
+    note = "none flagged in one step"
+    a = _store(tmp_path / "a.jsonl", _result("00_sdpa", "sdpa", cpu))
+    b = _store(tmp_path / "b.jsonl", _result("00_sdpa", "sdpa", PLAIN, notes={"host_syncs": note}))
+    _, out, _ = _cli(capsys, str(a), str(b), "--explain")
+    assert "profiles of different kinds (cpu vs cuda)" in out
+    assert f"Host syncs inside a step: before `not counted`; after `{note}`." in out

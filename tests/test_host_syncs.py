@@ -90,40 +90,74 @@ def test_the_note_lists_the_busiest_lines_and_counts_them_all():
     assert note.endswith("and 2 more line(s)")
 
 
-ROOTS = ["/opt/venv/lib/python3.12/site-packages", "/opt/venv/lib/python3.12", "/ci/src", "/"]
-GENERATED = ["/home/ci/.cache/stagebench/inductor"]
+MODULES = {  # loaded modules' files, as _module_files gives them
+    "/opt/venv/lib/python3.12/site-packages/liger_kernel/ops/x.py": "liger_kernel/ops/x.py",
+    "/home/alice/src/stagebench/runner.py": "stagebench/runner.py",
+    "/home/alice/.cache/stagebench/inductor/ab/cabc123.py": "cabc123.py",
+}
+GENERATED = ["/home/alice/.cache/stagebench/inductor"]
 
 
 @pytest.mark.parametrize(
     "filename, short",
     [
         ("/opt/venv/lib/python3.12/site-packages/liger_kernel/ops/x.py", "liger_kernel/ops/x.py"),
-        ("/opt/venv/lib/python3.12/json/decoder.py", "json/decoder.py"),
-        ("/ci/src/stagebench/runner.py", "stagebench/runner.py"),
-        ("/home/ci/.cache/stagebench/inductor/ab/cabc123.py", "<inductor-generated code>"),
-        ("/mnt/src/ci/alice/inductor/xy/cxy.py", "cxy.py"),  # under no root: its bare name
-        ("C:\\ci\\src\\stagebench\\runner.py", "runner.py"),
+        ("/home/alice/src/stagebench/runner.py", "stagebench/runner.py"),
+        # generated code inside a loaded module's tree is still generated code
+        ("/home/alice/.cache/stagebench/inductor/ab/cabc123.py", "<inductor-generated code>"),
+        ("/home/alice/.cache/stagebench/inductorfoo/x.py", "x.py"),  # a prefix is not a parent
+        ("/home/alice/script.py", "script.py"),  # of no loaded module: its bare name
+        ("C:\\Users\\alice\\script.py", "script.py"),
         ("<eval_with_key>.12", "<eval_with_key>"),  # FX's counter differs per process
         ("<frozen runpy>", "<frozen runpy>"),
-        ("/src/", "<unnamed>"),
+        ("/home/alice/", "<unnamed>"),
         ("", "<unnamed>"),
     ],
 )
-def test_files_are_named_by_their_import_root_never_by_a_machine_path(filename, short):
-    assert host_syncs.short_path(filename, ROOTS, GENERATED) == short
+def test_files_are_named_by_their_module_never_by_a_machine_path(filename, short):
+    assert host_syncs.short_path(filename, MODULES, GENERATED) == short
 
 
-def test_this_process_names_its_own_files_by_package():
+def test_this_process_names_its_own_files_by_module():
     assert host_syncs.short_path(host_syncs.__file__) == "stagebench/host_syncs.py"
     assert host_syncs.short_path(torch.__file__) == "torch/__init__.py"
+    assert host_syncs.short_path(torch.nn.functional.__file__) == "torch/nn/functional.py"
 
 
-def test_a_failure_note_names_files_without_their_directories(fake_cuda_mode):
+def test_sync_sites_use_the_generated_code_directory_of_the_process(monkeypatch, tmp_path):
+    """Inductor's directory is read from the variable the parent sets, never asked of torch
+    (its cache_dir() creates the directory and sets the variable as a side effect)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    caught = [
+        warnings.WarningMessage(
+            host_syncs.SYNC_WARNING, UserWarning, str(tmp_path / "ab" / "c1.py"), 7
+        )
+    ]
+    assert host_syncs.sites(caught) == [host_syncs.Site("<inductor-generated code>:7", 1)]
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert host_syncs.sites(caught) == [host_syncs.Site("c1.py:7", 1)]
+
+
+@pytest.mark.parametrize(
+    "message, said",
+    [
+        ("no kernel in /home/alice/.cache/triton/ab/k.cubin\nsecond line", "no kernel in <path>"),
+        ("Permission denied: '/tmp/torchinductor_alice'", "Permission denied: '<path>'"),
+        ("C:\\Users\\alice\\x.py failed", "<path> failed"),
+        # torch's CUDA OOM text: its URL and numbers stay as they are
+        (
+            "Tried to allocate 2.00 GiB (https://pytorch.org/docs/stable/notes/cuda.html#env)",
+            "Tried to allocate 2.00 GiB (https://pytorch.org/docs/stable/notes/cuda.html#env)",
+        ),
+        ("shape [2, 2048/4096/8] mismatch", "shape [2, 2048/4096/8] mismatch"),
+    ],
+)
+def test_a_failure_note_names_no_path(fake_cuda_mode, message, said):
     def step():
-        raise RuntimeError("no kernel in /home/alice/.cache/triton/ab/k.cubin\nsecond line")
+        raise RuntimeError(message)
 
     assert host_syncs.observe(step, FAKE_CUDA) == (
-        "not counted: the extra step failed: RuntimeError: no kernel in k.cubin"
+        f"not counted: the extra step failed: RuntimeError: {said}"
     )
 
 

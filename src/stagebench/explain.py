@@ -90,7 +90,11 @@ def explain(pair: Pair, top: int = TOP_CHANGES) -> Explanation:
         return Explanation(pair.label, note="; ".join(why), host_syncs=_host_syncs(pair))
     kind_a, kind_b = pa.source.split(":")[0], pb.source.split(":")[0]
     if kind_a != kind_b:
-        return Explanation(pair.label, note=f"profiles of different kinds ({kind_a} vs {kind_b})")
+        return Explanation(
+            pair.label,
+            note=f"profiles of different kinds ({kind_a} vs {kind_b})",
+            host_syncs=_host_syncs(pair),
+        )
     totals = [
         _change("wall", pa.wall_ms_per_step, pb.wall_ms_per_step),
         _change("device busy", pa.busy_ms_per_step, pb.busy_ms_per_step),
@@ -236,7 +240,8 @@ def to_markdown(explanations: list[Explanation], a: str, b: str, note: str | Non
 def _host_syncs_lines(e: Explanation) -> list[str]:
     if not e.host_syncs:
         return []
-    before, after = (_cell(side or "not counted") for side in e.host_syncs)
+    # In code spans: names like <inductor-generated code> would be read as HTML tags.
+    before, after = (f"`{_cell(side or 'not counted')}`" for side in e.host_syncs)
     return ["", f"Host syncs inside a step: before {before}; after {after}."]
 
 

@@ -8,9 +8,9 @@ Result names its syncs, and `compare --explain` shows a release that added one.
 
 torch's sync debug mode warns at each synchronizing CUDA call (a C++ warning: each occurrence
 becomes a Python warning naming the Python line that made the call; one in the backward is named
-by torch/autograd's engine call). Syncs that
-torch does not flag (`torch.cuda.synchronize`, CUDA events) are not counted: the harness's own
-timing uses them, nor the allocator's or NCCL's own waits: "none" means none that torch flags.
+by torch/autograd's engine call). Syncs that torch does not flag (`torch.cuda.synchronize`,
+CUDA events) are not counted: the harness's own timing uses them, nor the allocator's or NCCL's
+own waits: "none" means none that torch flags. A line is named by its module, never by a path.
 CUDA only: a CPU step never waits for a device.
 """
 
@@ -38,49 +38,65 @@ class Site:
     calls: int  # per step
 
 
-def _import_roots() -> list[str]:
-    """Where modules are imported from, longest first (a package inside another root wins)."""
-    roots = {os.path.abspath(p).replace("\\", "/") for p in sys.path if p}
-    return sorted(roots, key=len, reverse=True)
+def _module_files() -> dict[str, str]:
+    """Every loaded module's file, as its dotted name gives it (`liger_kernel/ops/x.py`): a name
+    that holds no directory of this machine."""
+    files = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path.endswith(".py"):
+            continue
+        tail = "/__init__.py" if os.path.basename(path) == "__init__.py" else ".py"
+        files[_norm(path)] = name.replace(".", "/") + tail
+    return files
 
 
 def _generated_roots() -> list[str]:
-    """Where inductor writes the code it generates: this process's cache directory."""
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    """Where inductor writes the code it generates in this process. Read, never asked for:
+    torch's cache_dir() would create the directory and set the variable as a side effect."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return [_norm(chosen)] if chosen else []
 
-        return [os.path.abspath(cache_dir()).replace("\\", "/")]
-    except Exception:  # a torch without inductor: nothing is generated there
-        return []
+
+def _norm(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path)).replace("\\", "/")
 
 
 def short_path(
-    filename: str, roots: Sequence[str] | None = None, generated: Sequence[str] | None = None
+    filename: str, modules: dict[str, str] | None = None, generated: Sequence[str] | None = None
 ) -> str:
-    """A file as its import root names it (`cut_cross_entropy/utils.py`), never a machine path:
-    generated code is `<inductor-generated code>`, any other file its bare name."""
-    path = filename.replace("\\", "/")
-    if path.startswith("<"):  # <string>, <frozen ...>, FX's <eval_with_key>.N: N varies per run
-        return re.sub(r"\.\d+$", "", path)
+    """A file named by its module (`cut_cross_entropy/utils.py`), never by a machine path:
+    generated code is `<inductor-generated code>`, a file of no loaded module its bare name."""
+    if filename.startswith("<"):  # <string>, <frozen ...>, FX's <eval_with_key>.N: N varies
+        return re.sub(r"\.\d+$", "", filename)
+    if not filename:
+        return "<unnamed>"
+    path = _norm(filename)
     for root in _generated_roots() if generated is None else generated:
-        if _under(path, root):
+        root = root.rstrip("/")
+        if root and path.startswith(root + "/"):
             return "<inductor-generated code>"
-    for root in _import_roots() if roots is None else roots:
-        if _under(path, root):
-            return path[len(root.rstrip("/")) + 1 :]
-    return path.rsplit("/", 1)[-1] or "<unnamed>"
+    named = (_module_files() if modules is None else modules).get(path)
+    return named or filename.replace("\\", "/").rsplit("/", 1)[-1] or "<unnamed>"
 
 
-def _under(path: str, root: str) -> bool:
-    root = root.rstrip("/")
-    return bool(root) and path.startswith(root + "/")
+def _scrubbed(text: str) -> str:
+    """An error's text with every path-like word (not a URL) replaced: paths name directories,
+    users and caches of this machine."""
+    words = re.split(r"(\s+)", text)
+    for i, word in enumerate(words):
+        core = word.strip("'\"()[]{},;")
+        pathlike = re.search(r"[/\\]", core) and re.search(r"[A-Za-z]", core)
+        if pathlike and "://" not in core:
+            words[i] = word.replace(core, "<path>")
+    return "".join(words)
 
 
 def sites(caught: Iterable[warnings.WarningMessage]) -> list[Site]:
     """The sync warnings among `caught`, counted per line, most calls first."""
-    roots, generated = _import_roots(), _generated_roots()
+    modules, generated = _module_files(), _generated_roots()
     counts = Counter(
-        f"{short_path(w.filename, roots, generated)}:{w.lineno}"
+        f"{short_path(w.filename, modules, generated)}:{w.lineno}"
         for w in caught
         if SYNC_WARNING in str(w.message)
     )
@@ -119,6 +135,5 @@ def observe(step: Callable[[], object], device: torch.device) -> str:
     try:
         return note(count(step, device))
     except Exception as exc:  # the stage's numbers are already measured
-        first = (str(exc).splitlines() or [""])[0]
-        first = re.sub(r"(?:[A-Za-z]:)?[/\\][^\s:'\"]*[/\\]([^\s:'\"/\\]+)", r"\1", first)
+        first = _scrubbed((str(exc).splitlines() or [""])[0])
         return f"not counted: the extra step failed: {type(exc).__name__}: {first}"
