@@ -18,7 +18,9 @@ from stagebench.results import Metrics, Result, Samples
 from stagebench.workload import Workload
 
 
-def _record(sigma_pct: float, *, machine: str = MACHINE, date: str = "2026-12-01", runs=5):
+def _record(
+    sigma_pct: float, *, machine: str = MACHINE, date: str = "2026-12-01", runs=5, packages=None
+):
     values = [100 * math.exp(math.log1p(sigma_pct / 100) * z) for z in (-1, -0.5, 0, 0.5, 1)]
     step = noise.metric_noise(values[:runs])
     return noise.StageNoise(
@@ -31,6 +33,7 @@ def _record(sigma_pct: float, *, machine: str = MACHINE, date: str = "2026-12-01
         runs=runs,
         metrics={"step_time_ms": step},
         date=date,
+        packages=packages or {},
     )
 
 
@@ -153,8 +156,9 @@ def test_records_round_trip_and_a_bad_line_is_skipped(tmp_path):
     assert records[0] == _record(0.2)
 
 
-def test_priors_newest_wins_per_machine_and_protocol():
-    old, new = _record(0.2), _record(0.4, date="2026-12-02")
+def test_priors_newest_stack_wins_per_machine_and_protocol():
+    old = _record(0.2, packages={"torch": "2.10.0"})
+    new = _record(0.4, date="2026-12-02", packages={"torch": "2.11.0"})
     other = _record(5.0, machine="another")
     stale = noise.StageNoise(**{**_record(9.0).__dict__, "protocol": PROTOCOL_VERSION - 1})
     got = noise.priors([old, new, other, stale], MACHINE)
@@ -162,6 +166,22 @@ def test_priors_newest_wins_per_machine_and_protocol():
     assert prior.sigma == pytest.approx(math.log1p(new.metrics["step_time_ms"].sigma_pct / 100))
     assert prior.df == 4 and "5 separate runs of 2026-12-02" in prior.source
     assert noise.priors([other], MACHINE) == {}
+
+
+def test_priors_pool_the_measurements_of_one_stack():
+    """Two measurements of one series on the same packages are one noise measured twice: their
+    spreads pool by degrees of freedom (a quiet five alone never sets the bar), a summary of the
+    same processes made again counts once, and a newer stack starts the pool again."""
+    quiet, noisy = _record(0.1, date="2026-12-02"), _record(0.3)
+    prior = noise.priors([noisy, quiet], MACHINE)[(STAGE, "speed")]
+    logs = [r.metrics["step_time_ms"].sigma_log for r in (quiet, noisy)]
+    assert prior.sigma == pytest.approx(math.sqrt((logs[0] ** 2 + logs[1] ** 2) / 2))
+    assert prior.df == 8 and prior.source == "10 separate runs of 2026-12-01 and 2026-12-02"
+    again = _record(0.1, date="2026-12-02")  # the same processes, summarized once more
+    assert noise.priors([noisy, quiet, again], MACHINE)[(STAGE, "speed")] == prior
+    newer = _record(0.1, date="2026-12-03", packages={"torch": "2.12.0"})
+    alone = noise.priors([noisy, quiet, newer], MACHINE)[(STAGE, "speed")]
+    assert alone.df == 4 and alone.source == "5 separate runs of 2026-12-03"
 
 
 def test_a_record_without_a_version_is_the_default_series_noise_only():
@@ -512,12 +532,13 @@ def test_from_gives_back_the_records_a_later_h100_job_wrote(tmp_path):
         "01_kernelize_sdpa_compile": (0.35, 0.6),
         "01_kernelize_fa2_compile": (8.76, 2.44),
     }
-    # The newest record of a series is its prior: the second instance's 0.35%, not 0.86%.
-    both = noise.load_file(H100 / "noise-records.jsonl") + written
-    prior = noise.priors(both, "nvidia-h100-80gb-hbm3-x1")
+    # Both days measured the same stack: the prior pools them, 0.66% rather than the newer 0.35%
+    # (the MDE95 the results file gives).
+    earlier = noise.load_file(H100 / "noise-records.jsonl")
+    prior = noise.priors(earlier + written, "nvidia-h100-80gb-hbm3-x1")
     quiet = next(r for r in written if r.stage == "01_kernelize_sdpa_compile")
-    key = (quiet.asv_class, "speed")
-    assert prior[key].sigma == pytest.approx(quiet.metrics["step_time_ms"].sigma_log)
+    pooled = prior[(quiet.asv_class, "speed")]
+    assert pooled.df == 8 and round(100 * math.expm1(pooled.mde), 2) == 0.66
 
 
 def test_from_takes_each_file_as_its_own_measurement(tmp_path):
@@ -558,7 +579,7 @@ def test_a_summary_made_again_replaces_the_first_one_of_the_same_processes(tmp_p
 def test_an_out_of_range_date_is_the_oldest_not_a_crash(tmp_path):
     """A hand-edited date that overflows once moved to UTC: every reader of the priors (the
     judge, compare, the front page) goes on; the record counts as the oldest."""
-    newer = _record(0.05, date="2026-12-10T08:00:00+00:00")
+    newer = _record(0.05, date="2026-12-10T08:00:00+00:00", packages={"torch": "2.11.0"})
     noise.append(tmp_path, [newer, _record(3.0, date="0001-01-01T00:00:00+01:00")])
     prior = noise.priors(noise.load(tmp_path), MACHINE)[(STAGE, "speed")]
     assert prior.sigma == pytest.approx(newer.metrics["step_time_ms"].sigma_log)
@@ -704,7 +725,8 @@ def test_from_never_counts_a_process_twice_nor_mixes_measurements(tmp_path, caps
 def test_a_record_of_older_processes_appended_later_does_not_replace_a_newer_one(tmp_path):
     """Priors follow the measurement's date, not the log's order: --from may append a summary
     of last week's processes after tonight's measurement."""
-    newer, older = _record(0.05, date="2026-12-10T08:00:00+00:00"), _record(3.0, date="2026-12-06")
+    newer = _record(0.05, date="2026-12-10T08:00:00+00:00", packages={"torch": "2.11.0"})
+    older = _record(3.0, date="2026-12-06")  # another stack: its noise no longer holds
     noise.append(tmp_path, [newer, older])
     prior = noise.priors(noise.load(tmp_path), MACHINE)[(STAGE, "speed")]
     assert prior.sigma == pytest.approx(newer.metrics["step_time_ms"].sigma_log)

@@ -392,7 +392,8 @@ def _measured_at(record: StageNoise) -> dt.datetime:
 def priors(
     records: Iterable[StageNoise], machine: str, current: dict[str, str] | None = None
 ) -> dict[tuple[str, str], judge.Prior]:
-    """{(asv class, family): the newest prior} for `machine` under this protocol. Each family
+    """{(asv class, family): its prior} for `machine` under this protocol: the newest record's
+    noise, pooled with the earlier records of that series measured on the same packages. Each family
     takes its lead's noise: TFLOPS, tokens/s and both MFUs are computed from the median step
     time, so their log-scale spread is the step time's; the floor (step_floor_ms) is a family of
     its own, with its own spread. `current`: {asv class: benchmark
@@ -401,9 +402,9 @@ def priors(
     series' noise and is left out."""
     from stagebench.asv_suite import is_default_series
 
-    found: dict[tuple[str, str], judge.Prior] = {}
-    # The newest measurement wins, by its date, not its place in the log: `noise --from` may
-    # append a summary of older processes after a newer measurement. The log's order breaks ties.
+    pools: dict[tuple[str, str], list[tuple[StageNoise, MetricNoise]]] = {}
+    # By date, not by place in the log: `noise --from` may append a summary of older processes
+    # after a newer measurement. The log's order breaks ties.
     for record in sorted(records, key=_measured_at):
         if record.machine != machine or record.protocol != PROTOCOL_VERSION:
             continue
@@ -415,12 +416,25 @@ def priors(
         for name, noise in record.metrics.items():
             if noise.df < 1 or not math.isfinite(noise.sigma_pct) or noise.sigma_pct < 0:
                 continue  # a hand-edited or truncated record: no threshold from it
-            found[(record.asv_class, family_of(name))] = judge.Prior(
-                sigma=noise.sigma_log,
-                df=noise.df,
-                source=f"{record.runs} separate runs of {record.date[:10] or 'an earlier day'}",
-            )
-    return found
+            key = (record.asv_class, family_of(name))
+            pool = pools.get(key, [])
+            if pool and pool[-1][0].packages != record.packages:
+                pool = []  # another stack: its noise is measured anew, the old one no longer holds
+            # The same processes summarized again carry the same date: the later line replaces.
+            pools[key] = [p for p in pool if p[0].date != record.date] + [(record, noise)]
+    return {key: _pooled(pool) for key, pool in pools.items()}
+
+
+def _pooled(pool: list[tuple[StageNoise, MetricNoise]]) -> judge.Prior:
+    """One series' measurements on one stack pooled, each weighted by its degrees of freedom:
+    five processes are known only to a factor of 0.6-2.9 in sigma, so a lucky quiet five never
+    sets the bar alone, and every measurement of the same stack adds to what is known."""
+    df = sum(noise.df for _, noise in pool)
+    sigma = math.sqrt(sum(noise.df * noise.sigma_log**2 for _, noise in pool) / df)
+    runs = sum(record.runs for record, _ in pool)
+    days = sorted({record.date[:10] or "an earlier day" for record, _ in pool})
+    when = days[0] if len(days) == 1 else ", ".join(days[:-1]) + " and " + days[-1]
+    return judge.Prior(sigma=sigma, df=df, source=f"{runs} separate runs of {when}")
 
 
 def measure(
