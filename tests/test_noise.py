@@ -168,20 +168,50 @@ def test_priors_newest_stack_wins_per_machine_and_protocol():
     assert noise.priors([other], MACHINE) == {}
 
 
-def test_priors_pool_the_measurements_of_one_stack():
-    """Two measurements of one series on the same packages are one noise measured twice: their
-    spreads pool by degrees of freedom (a quiet five alone never sets the bar), a summary of the
-    same processes made again counts once, and a newer stack starts the pool again."""
-    quiet, noisy = _record(0.1, date="2026-12-02"), _record(0.3)
-    prior = noise.priors([noisy, quiet], MACHINE)[(STAGE, "speed")]
-    logs = [r.metrics["step_time_ms"].sigma_log for r in (quiet, noisy)]
-    assert prior.sigma == pytest.approx(math.sqrt((logs[0] ** 2 + logs[1] ** 2) / 2))
-    assert prior.df == 8 and prior.source == "10 separate runs of 2026-12-01 and 2026-12-02"
-    again = _record(0.1, date="2026-12-02")  # the same processes, summarized once more
-    assert noise.priors([noisy, quiet, again], MACHINE)[(STAGE, "speed")] == prior
-    newer = _record(0.1, date="2026-12-03", packages={"torch": "2.12.0"})
-    alone = noise.priors([noisy, quiet, newer], MACHINE)[(STAGE, "speed")]
-    assert alone.df == 4 and alone.source == "5 separate runs of 2026-12-03"
+def _speed(records) -> judge.Prior:
+    return noise.priors(records, MACHINE)[(STAGE, "speed")]
+
+
+def _log(record) -> float:
+    return record.metrics["step_time_ms"].sigma_log
+
+
+def test_a_quiet_newest_measurement_pools_with_its_stacks_earlier_ones():
+    """Measurements of one series on one stack (packages and version) are one noise measured
+    again: where the pool asks more than the newest alone, the pool is the prior, each
+    measurement weighted by its degrees of freedom (a quiet five never sets the bar alone)."""
+    noisy, quiet = _record(0.3, runs=3), _record(0.1, date="2026-12-02")
+    prior = _speed([noisy, quiet])
+    assert prior.sigma == pytest.approx(
+        math.sqrt((2 * _log(noisy) ** 2 + 4 * _log(quiet) ** 2) / 6)
+    )
+    assert prior.df == 6 and prior.source == "8 separate runs of 2026-12-01 to 2026-12-02"
+    # The same processes summarized again (another date, the same values) count once.
+    again = dataclasses.replace(quiet, date="2026-12-02T09:00:00+00:00")
+    assert _speed([noisy, quiet, again]) == prior
+
+
+def test_the_newest_measurement_is_never_outvoted_downwards():
+    """Nine quiet measurements and a noisy newest one: the newest one's bar stands."""
+    quiet = [_record(0.1 + i / 100, date=f"2026-12-0{i + 1}") for i in range(9)]
+    noisy = _record(1.0, date="2026-12-10")
+    prior = _speed([*quiet, noisy])
+    assert prior.sigma == pytest.approx(_log(noisy)) and prior.df == 4
+    assert prior.source == "5 separate runs of 2026-12-10"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"packages": {"torch": "2.10.0"}},  # another stack: its noise no longer holds
+        {"version": "sdpa|b2x1024|protocol-2"},  # another series' noise
+        {"date": "not a date"},  # a hand edit, not a measurement
+    ],
+)
+def test_only_measurements_of_the_same_stack_and_series_pool(other):
+    quiet = _record(0.1, date="2026-12-02")
+    noisy = dataclasses.replace(_record(3.0), **other)
+    assert _speed([noisy, quiet]) == _speed([quiet])
 
 
 def test_a_record_without_a_version_is_the_default_series_noise_only():
@@ -533,8 +563,10 @@ def test_from_gives_back_the_records_a_later_h100_job_wrote(tmp_path):
         "01_kernelize_fa2_compile": (8.76, 2.44),
     }
     # Both days measured the same stack: the prior pools them, 0.66% rather than the newer 0.35%
-    # (the MDE95 the results file gives).
-    earlier = noise.load_file(H100 / "noise-records.jsonl")
+    # (the MDE95 the results file gives); the earlier day's floor re-summary of the same five
+    # processes (another date, the same values) counts once.
+    earlier = [*noise.load_file(H100 / "noise-records.jsonl"),
+               *noise.load_file(H100 / "noise-records-floor.jsonl")]  # fmt: skip
     prior = noise.priors(earlier + written, "nvidia-h100-80gb-hbm3-x1")
     quiet = next(r for r in written if r.stage == "01_kernelize_sdpa_compile")
     pooled = prior[(quiet.asv_class, "speed")]
@@ -579,7 +611,7 @@ def test_a_summary_made_again_replaces_the_first_one_of_the_same_processes(tmp_p
 def test_an_out_of_range_date_is_the_oldest_not_a_crash(tmp_path):
     """A hand-edited date that overflows once moved to UTC: every reader of the priors (the
     judge, compare, the front page) goes on; the record counts as the oldest."""
-    newer = _record(0.05, date="2026-12-10T08:00:00+00:00", packages={"torch": "2.11.0"})
+    newer = _record(0.05, date="2026-12-10T08:00:00+00:00")
     noise.append(tmp_path, [newer, _record(3.0, date="0001-01-01T00:00:00+01:00")])
     prior = noise.priors(noise.load(tmp_path), MACHINE)[(STAGE, "speed")]
     assert prior.sigma == pytest.approx(newer.metrics["step_time_ms"].sigma_log)

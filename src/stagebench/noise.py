@@ -70,6 +70,8 @@ class MetricNoise:
             raise ValueError(f"sigma_pct {self.sigma_pct!r} is too large to judge by") from None
         if not isinstance(self.df, int) or isinstance(self.df, bool) or self.df < 1:
             raise ValueError(f"df {self.df!r} is not a whole number >= 1")
+        if self.df >= len(values):  # runs - 1 at most: a larger one is a hand edit
+            raise ValueError(f"df {self.df!r} is more than {len(values)} values give")
         if not _number(self.mde_pct):
             raise ValueError(f"mde_pct {self.mde_pct!r} is not a number")
         if self.within_ci_pct is not None and not _number(self.within_ci_pct):
@@ -392,8 +394,8 @@ def _measured_at(record: StageNoise) -> dt.datetime:
 def priors(
     records: Iterable[StageNoise], machine: str, current: dict[str, str] | None = None
 ) -> dict[tuple[str, str], judge.Prior]:
-    """{(asv class, family): its prior} for `machine` under this protocol: the newest record's
-    noise, pooled with the earlier records of that series measured on the same packages. Each family
+    """{(asv class, family): its prior} for `machine` under this protocol (see _prior: the newest
+    record's noise, or the pool of that stack's records where its bar is higher). Each family
     takes its lead's noise: TFLOPS, tokens/s and both MFUs are computed from the median step
     time, so their log-scale spread is the step time's; the floor (step_floor_ms) is a family of
     its own, with its own spread. `current`: {asv class: benchmark
@@ -402,7 +404,7 @@ def priors(
     series' noise and is left out."""
     from stagebench.asv_suite import is_default_series
 
-    pools: dict[tuple[str, str], list[tuple[StageNoise, MetricNoise]]] = {}
+    found: dict[tuple[str, str], list[tuple[StageNoise, MetricNoise]]] = {}
     # By date, not by place in the log: `noise --from` may append a summary of older processes
     # after a newer measurement. The log's order breaks ties.
     for record in sorted(records, key=_measured_at):
@@ -416,25 +418,43 @@ def priors(
         for name, noise in record.metrics.items():
             if noise.df < 1 or not math.isfinite(noise.sigma_pct) or noise.sigma_pct < 0:
                 continue  # a hand-edited or truncated record: no threshold from it
-            key = (record.asv_class, family_of(name))
-            pool = pools.get(key, [])
-            if pool and pool[-1][0].packages != record.packages:
-                pool = []  # another stack: its noise is measured anew, the old one no longer holds
-            # The same processes summarized again carry the same date: the later line replaces.
-            pools[key] = [p for p in pool if p[0].date != record.date] + [(record, noise)]
-    return {key: _pooled(pool) for key, pool in pools.items()}
+            found.setdefault((record.asv_class, family_of(name)), []).append((record, noise))
+    return {key: _prior(measured) for key, measured in found.items()}
 
 
-def _pooled(pool: list[tuple[StageNoise, MetricNoise]]) -> judge.Prior:
-    """One series' measurements on one stack pooled, each weighted by its degrees of freedom:
-    five processes are known only to a factor of 0.6-2.9 in sigma, so a lucky quiet five never
-    sets the bar alone, and every measurement of the same stack adds to what is known."""
+def _prior(measured: list[tuple[StageNoise, MetricNoise]]) -> judge.Prior:
+    """A series' prior from its measurements, oldest first: the newest one's noise, or, where
+    that bar is higher, the pool of every measurement of the same stack (package set and
+    version), each weighted by its degrees of freedom. Five processes know a sigma only to a
+    factor of 0.6-2.9, so one lucky quiet measurement never sets the bar alone; the newest one
+    is never outvoted downwards (a noisier stack or machine shows at once)."""
+    newest, lead = measured[-1]
+    alone = _as_prior([(newest, lead)])
+    same: dict[tuple[float, ...], tuple[StageNoise, MetricNoise]] = {}
+    for record, noise in measured:
+        if (record.packages, record.version) != (newest.packages, newest.version):
+            continue
+        if _utc(record.date) is None:
+            continue  # an unreadable date is a hand edit, not a measurement to pool
+        same[tuple(noise.values)] = (record, noise)  # the same processes summarized again: once
+    pool = _as_prior(list(same.values())) if len(same) > 1 else None
+    if pool is None or _bar(pool) <= _bar(alone):
+        return alone
+    return pool
+
+
+def _as_prior(pool: list[tuple[StageNoise, MetricNoise]]) -> judge.Prior:
     df = sum(noise.df for _, noise in pool)
-    sigma = math.sqrt(sum(noise.df * noise.sigma_log**2 for _, noise in pool) / df)
+    variance = math.fsum(float(noise.df) * noise.sigma_log**2 for _, noise in pool) / float(df)
     runs = sum(record.runs for record, _ in pool)
     days = sorted({record.date[:10] or "an earlier day" for record, _ in pool})
-    when = days[0] if len(days) == 1 else ", ".join(days[:-1]) + " and " + days[-1]
-    return judge.Prior(sigma=sigma, df=df, source=f"{runs} separate runs of {when}")
+    when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    return judge.Prior(sigma=math.sqrt(variance), df=df, source=f"{runs} separate runs of {when}")
+
+
+def _bar(prior: judge.Prior) -> float:
+    """What the judge asks of two single runs under this prior (its Student t, one-sided 99%)."""
+    return judge.t_quantile(prior.df) * prior.sigma
 
 
 def measure(
