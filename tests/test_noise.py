@@ -186,9 +186,19 @@ def test_a_quiet_newest_measurement_pools_with_its_stacks_earlier_ones():
         math.sqrt((2 * _log(noisy) ** 2 + 4 * _log(quiet) ** 2) / 6)
     )
     assert prior.df == 6 and prior.source == "8 separate runs of 2026-12-01 to 2026-12-02"
-    # The same processes summarized again (another date, the same values) count once.
+    # The same processes summarized again count once: another date and the same step times,
+    # or the same date (their newest start) and step times re-computed by newer code, the later
+    # summary's.
     again = dataclasses.replace(quiet, date="2026-12-02T09:00:00+00:00")
     assert _speed([noisy, quiet, again]) == prior
+    recomputed = _record(0.12, date="2026-12-02")
+    assert _speed([noisy, quiet, recomputed]) == _speed([noisy, recomputed]) != prior
+
+
+def test_a_record_cannot_claim_more_degrees_of_freedom_than_its_processes_give():
+    """A hand-edited df would let one record outweigh every other in a pool."""
+    with pytest.raises(ValueError, match="more than 5 values give"):
+        noise.MetricNoise(values=[1.0, 1.1, 0.9, 1.0, 1.05], sigma_pct=1.0, df=5, mde_pct=2.8)
 
 
 def test_the_newest_measurement_is_never_outvoted_downwards():
@@ -563,8 +573,8 @@ def test_from_gives_back_the_records_a_later_h100_job_wrote(tmp_path):
         "01_kernelize_fa2_compile": (8.76, 2.44),
     }
     # Both days measured the same stack: the prior pools them, 0.66% rather than the newer 0.35%
-    # (the MDE95 the results file gives); the earlier day's floor re-summary of the same five
-    # processes (another date, the same values) counts once.
+    # (the MDE95 the results file gives). The earlier day's first summary kept no series version
+    # (another series to the pool); its floor re-summary of the same five processes is the one.
     earlier = [*noise.load_file(H100 / "noise-records.jsonl"),
                *noise.load_file(H100 / "noise-records-floor.jsonl")]  # fmt: skip
     prior = noise.priors(earlier + written, "nvidia-h100-80gb-hbm3-x1")

@@ -424,23 +424,34 @@ def priors(
 
 def _prior(measured: list[tuple[StageNoise, MetricNoise]]) -> judge.Prior:
     """A series' prior from its measurements, oldest first: the newest one's noise, or, where
-    that bar is higher, the pool of every measurement of the same stack (package set and
-    version), each weighted by its degrees of freedom. Five processes know a sigma only to a
-    factor of 0.6-2.9, so one lucky quiet measurement never sets the bar alone; the newest one
-    is never outvoted downwards (a noisier stack or machine shows at once)."""
+    its bar for two single runs is higher, the pool of every measurement of the same stack
+    (package set, stagebench's version string included, and series version), each weighted by
+    its degrees of freedom. Five processes know a sigma only to a factor of 0.6-2.9, so one
+    lucky quiet measurement never sets the bar alone, and a noisier newest one is never
+    outvoted. The judge then weighs the chosen prior against the history's own noise as ever."""
     newest, lead = measured[-1]
     alone = _as_prior([(newest, lead)])
-    same: dict[tuple[float, ...], tuple[StageNoise, MetricNoise]] = {}
+    pool: list[tuple[StageNoise, MetricNoise]] = []
     for record, noise in measured:
         if (record.packages, record.version) != (newest.packages, newest.version):
             continue
         if _utc(record.date) is None:
             continue  # an unreadable date is a hand edit, not a measurement to pool
-        same[tuple(noise.values)] = (record, noise)  # the same processes summarized again: once
-    pool = _as_prior(list(same.values())) if len(same) > 1 else None
-    if pool is None or _bar(pool) <= _bar(alone):
+        # The same processes summarized again (by `noise --from`, maybe by newer code): once.
+        pool = [kept for kept in pool if not _same_processes(kept[0], record)] + [(record, noise)]
+    pooled = _as_prior(pool) if len(pool) > 1 else None
+    if pooled is None or _bar(pooled) <= _bar(alone):
         return alone
-    return pool
+    return pooled
+
+
+def _same_processes(a: StageNoise, b: StageNoise) -> bool:
+    """Two records of the same processes: dated alike (by their newest start), or with the same
+    per-process step times. A summary of some of them only is not recognised."""
+    if a.date == b.date:
+        return True
+    sa, sb = a.metrics.get("step_time_ms"), b.metrics.get("step_time_ms")
+    return sa is not None and sb is not None and sorted(sa.values) == sorted(sb.values)
 
 
 def _as_prior(pool: list[tuple[StageNoise, MetricNoise]]) -> judge.Prior:
