@@ -170,7 +170,6 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
     """One record per stage from its Results (one per process), in first-seen order, dated by
     the newest start of the stage's runs (else now): a later summary of the same processes
     (`--from`) has the same date and wins by log order."""
-    from stagebench.asv_suite import class_name_of, version_of
     from stagebench.workload import Workload, shape_name
 
     by_stage: dict[str, list[Any]] = {}
@@ -198,11 +197,12 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
             if noise is not None:
                 metrics[name] = noise
         first = runs[0]
+        asv_class, version = _asv_series(first)
         records.append(
             StageNoise(
                 machine=machine,
                 stage=stage,
-                asv_class=f"stages.{class_name_of(first)}",
+                asv_class=asv_class,
                 spec=first.spec,
                 shape=shape_name(Workload.from_dict(first.workload)),
                 protocol=PROTOCOL_VERSION,
@@ -212,7 +212,7 @@ def summarize(results: Iterable[Any], machine: str) -> list[StageNoise]:
                 commit=_commit(first),
                 packages=_packages(ok[0] if ok else first),
                 failed=[f"{r.status}: {r.reason}" for r in runs if r not in ok],
-                version=version_of(first),
+                version=version,
             )
         )
     return records
@@ -282,12 +282,18 @@ def series_of(result: Any) -> tuple[str | None, str, str]:
     None where it names no GPU (machine_of). ValueError where it cannot be placed: a stage
     unknown now, a stage id that means another spec now, a GPU that makes no machine name."""
     from stagebench import stages
-    from stagebench.asv_suite import class_name_of, version_of
 
     stage = stages.resolve(result.stage)
     if result.spec != stage.spec:
         raise ValueError(f"ran {result.spec!r}; {result.stage} is {stage.spec!r} now")
-    return machine_of(result), f"stages.{class_name_of(result)}", version_of(result)
+    return machine_of(result), *_asv_series(result)
+
+
+def _asv_series(result: Any) -> tuple[str, str]:
+    """(asv class, asv version) of a stored Result: the series its numbers belong to."""
+    from stagebench.asv_suite import class_name_of, version_of
+
+    return f"stages.{class_name_of(result)}", version_of(result)
 
 
 def _measurement(result: Any) -> tuple[Any, ...]:
