@@ -338,3 +338,18 @@ def test_cli_machine_and_benchmark_select(tmp_path, capsys):
     assert run_cli(capsys, [*args, "--benchmark", "track_step_time|track_ok"])[0] == 2  # none
     code, out, _ = run_cli(capsys, [*args, "--benchmark", r"Stage_00_sdpa\.track_mfu$"])
     assert (code, json.loads(out)["checked"]) == (1, 2)
+
+
+def test_a_rerun_above_its_history_must_also_stand_against_the_good_run_of_the_same_night(
+    tmp_path,
+):
+    """A usual good run and a re-run slowed by load after it: beyond the history's bar, within
+    the noise of two single runs of the same night, so not alarmed (seen on the night simulator's
+    busy CPU: a floor +10.8% over its history, +7.2% over the good commit re-measured)."""
+    steps = noisy(1, 12, 300.0, 0.02, step_at=11, step=0.20)
+    write_history(tmp_path, speed_family(steps))
+    found = only(regress.check(tmp_path))
+    loaded = regress.confirm(found, [318.0], [306.0])
+    assert loaded.confirmed is False and "only +3.9% against it" in loaded.confirmation
+    assert regress.confirm(found, [330.0], [306.0]).confirmed  # a real change still stands
+    assert regress.confirm(found, [318.0]).confirmed  # no good run: the history alone decides

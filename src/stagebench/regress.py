@@ -295,11 +295,13 @@ def confirm(
 
     `bad_runs`: the bad side re-run (this commit), `good_runs`: the last good commit re-run the
     same night, in the same rounds (one or two each; the better run of each side counts: load
-    only makes a run worse). A good run within the noise of its history means a usual night:
-    the re-run is judged against the history. A good run off it means a night slower or faster
-    (a burst on one run was taken out by the second round): the re-run is judged against it, two
-    single runs, with the larger of the history's noise and the noise the two rounds showed
-    tonight, and never below the 1% minimum effect."""
+    only makes a run worse). A good run within the noise of its history means a usual night: the
+    re-run is judged against the history, and must also stand against that good run (two single
+    runs, the history's noise), or a re-run slowed by load after it would pass for the commit's.
+    A good run off it means a night slower or faster (a burst on one run was taken out by the
+    second round): the re-run is judged against it, two single runs, with the larger of the
+    history's noise and the noise the two rounds showed tonight, and never below the 1% minimum
+    effect."""
     bad, good = _present(bad_runs), _present(good_runs)
     if finding.metric == OK_METRIC:
         value = bad[0] if bad else None
@@ -311,7 +313,7 @@ def confirm(
         return replace(finding, confirmed=True, confirmation=note)
     value = bad[0] if len(bad) == 1 else better(finding.metric, *bad[:2])
     worse = worse_sign(finding.metric)
-    detail, noise_pct = [], None
+    detail, noise_pct, usual_good = [], None, None
     if good and finding.baseline:
         good_tonight = good[0] if len(good) == 1 else better(finding.metric, *good[:2])
         runs = "" if len(good) == 1 else f" (better of {len(good)})"
@@ -325,12 +327,19 @@ def confirm(
             again = None
             why = "off its history, not comparable run to run" if off else "as usual"
             detail.append(f"{tonight}, {why}")
+            usual_good = None if off or min(*good, *bad) <= 0 else good_tonight
     else:
         again = None
     if again is None:
         again = _against_history(finding, value)
     if again.change_pct is not None:
         detail.insert(0, f"{again.change_pct:+.1f}%")
+    if again.verdict == judge.REGRESSED and usual_good is not None:
+        noise = _single_run_noise_pct(finding, [], [])  # the history's: the good run is usual
+        direct = judge.compare_runs(usual_good, value, worse, noise)
+        if direct.verdict != judge.REGRESSED:
+            detail.append(f"only {direct.change_pct:+.1f}% against it, bar {direct.bar_pct:.1f}%")
+            again = direct
     text = f"a re-run measured {value:.4g}" + (f" ({'; '.join(detail)})" if detail else "")
     if again.verdict == judge.REGRESSED:
         return replace(finding, confirmed=True, confirmation=f"{text} again")
